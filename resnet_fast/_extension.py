@@ -1,0 +1,115 @@
+"""Loading the compiled kernels: ahead-of-time build, else JIT, else none (with a warning).
+
+Order:
+1. ``resnet_fast._C`` built by ``pip install --no-build-isolation .``;
+2. if absent, or built for another torch (``undefined symbol``), compile the shipped
+   sources with ninja against the runtime torch into a cache keyed by torch version,
+   CUDA use and a hash of the sources (``RESNET_FAST_CACHE``, default
+   ``~/.cache/resnet_fast``), printing one line while it compiles;
+3. if that fails too (no compiler), warn once with the cause; the ops then run on the
+   Triton or reference backends, whose schemas ``resnet_fast.ops.primitives`` defines.
+
+``RESNET_FAST_JIT=0`` disables step 2.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+import warnings
+
+import torch
+
+from . import _build_config
+
+OPS = ("bn_stats", "scale_shift_act", "scale_shift_act_backward_reduce", "scale_shift_act_backward_apply")
+
+# What happened while loading, for `python -m resnet_fast.info`.
+status = {"loaded": False, "how": None, "error": None, "path": None}
+
+
+def _source_root() -> str | None:
+    here = os.path.dirname(os.path.abspath(__file__))
+    for candidate in (os.path.join(here, "_csrc"), os.path.join(os.path.dirname(here), "csrc")):
+        if os.path.exists(os.path.join(candidate, "ops.cpp")):
+            return candidate
+    return None
+
+
+def _cache_dir(sources: list[str], with_cuda: bool) -> str:
+    digest = hashlib.sha256()
+    for path in sources:
+        digest.update(os.path.basename(path).encode())
+        with open(path, "rb") as f:
+            digest.update(f.read())
+    tag = f"torch{torch.__version__.replace('+', '_')}-{'cuda' if with_cuda else 'cpu'}-{digest.hexdigest()[:16]}"
+    base = os.environ.get("RESNET_FAST_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "resnet_fast"))
+    return os.path.join(base, tag)
+
+
+def _jit_build() -> str:
+    root = _source_root()
+    if root is None:
+        raise RuntimeError("the C++ sources are not shipped with this installation")
+    # At run time the CUDA kernels are worth compiling only where they can run.
+    with_cuda, _ = _build_config.cuda_build_status()
+    with_cuda = with_cuda and torch.cuda.is_available()
+    _build_config.prepare_cuda_environment()
+    from torch.utils import cpp_extension
+
+    sources, kwargs, with_cuda, _ = _build_config.extension_sources(root, with_cuda)
+    build_dir = _cache_dir(sources, with_cuda)
+    os.makedirs(build_dir, exist_ok=True)
+    name = "resnet_fast_jit"
+    library = os.path.join(build_dir, f"{name}.so")
+    if not os.path.exists(library):
+        print(f"resnet_fast: compiling the C++{'/CUDA' if with_cuda else ''} kernels for torch "
+              f"{torch.__version__} into {build_dir} (once)...", file=sys.stderr, flush=True)
+    cflags = kwargs["extra_compile_args"]["cxx"] + [f"-D{k}={v}" for k, v in kwargs.get("define_macros", [])]
+    cuda_flags = kwargs["extra_compile_args"].get("nvcc", []) + [f"-D{k}={v}" for k, v in kwargs.get("define_macros", [])]
+    cpp_extension.load(
+        name=name,
+        sources=sources,
+        extra_cflags=cflags,
+        extra_cuda_cflags=cuda_flags,
+        extra_ldflags=kwargs["extra_link_args"],
+        build_directory=build_dir,
+        with_cuda=with_cuda,
+        is_python_module=False,
+        verbose=False,
+    )
+    return library
+
+
+def load() -> bool:
+    """Load the kernels once; True when the compiled library is in use."""
+    if status["how"] is not None:
+        return status["loaded"]
+    aot_error = None
+    try:
+        from . import _C  # noqa: F401
+
+        status.update(loaded=True, how="ahead-of-time build", path=_C.__file__)
+        return True
+    except ImportError as error:  # absent, or built against another torch
+        aot_error = error
+    aot_present = any(f.startswith("_C.") for f in os.listdir(os.path.dirname(os.path.abspath(__file__))))
+    if aot_present:
+        warnings.warn(f"resnet_fast: the compiled extension does not load under torch {torch.__version__} "
+                      f"(built for another torch?): {aot_error}; rebuilding it against this torch")
+    if os.environ.get("RESNET_FAST_JIT", "1") == "0":
+        status.update(how="none", error="no ahead-of-time build and RESNET_FAST_JIT=0")
+        return False
+    try:
+        status.update(loaded=True, how="JIT build at first use", path=_jit_build())
+        return True
+    except Exception as error:  # no compiler, no ninja, a compile error: degrade, say why once
+        status.update(loaded=False, how="none", error=f"{type(error).__name__}: {error}")
+        warnings.warn(f"resnet_fast: C++ kernels unavailable ({status['error']}); "
+                      "using the Triton/reference backends")
+        return False
+
+
+def has_kernel(op: str, dispatch_key: str) -> bool:
+    """Whether the compiled library registered a kernel for ``resnet_fast::op`` at ``dispatch_key``."""
+    return status["loaded"] and torch._C._dispatch_has_kernel_for_dispatch_key(f"resnet_fast::{op}", dispatch_key)
