@@ -1,5 +1,12 @@
-"""Functional API of the fused ops (each also registered as ``torch.ops.resnet_fast.<op>``)."""
-from . import _registration  # noqa: F401  (primitives first: the ops call them)
-from .bn_relu import bn_relu
+"""Functional API of the fused ops; each is also registered as ``torch.ops.resnet_fast.<op>``.
 
-__all__ = ["bn_relu"]
+Semantics: ../DESIGN.md section 2. The eager compositions they equal are in
+``resnet_fast.ops.reference``.
+"""
+from . import _registration  # noqa: F401  (the kernel primitives first: the ops call them)
+from .bn_add_relu import bn_add_relu
+from .bn_relu import bn_relu
+from .conv_bn_relu import conv_bn_relu
+from .squeeze_excite import squeeze_excite
+
+__all__ = ["conv_bn_relu", "bn_add_relu", "squeeze_excite", "bn_relu"]

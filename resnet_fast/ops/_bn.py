@@ -91,6 +91,12 @@ def verify_batch_size(size: torch.Size) -> None:
         raise ValueError(f"Expected more than 1 value per channel when training, got input size {size}")
 
 
+def match_layout(t: Tensor, ref: Tensor) -> Tensor:
+    """``t`` in the layout the kernels will read ``ref`` in (NCHW when contiguous, else channels_last)."""
+    fmt = torch.contiguous_format if ref.is_contiguous() else torch.channels_last
+    return t if t.is_contiguous(memory_format=fmt) else t.contiguous(memory_format=fmt)
+
+
 def standard_layout(t: Tensor) -> Tensor:
     """NCHW-contiguous or channels_last-contiguous (the layouts the kernels take), copying only otherwise."""
     if t.is_contiguous() or t.is_contiguous(memory_format=torch.channels_last):
@@ -237,6 +243,14 @@ def normalize(y, params, use_batch_stats, eps, group_name, need_sample_mean=Fals
     return Normalized(mean, invstd, a, c0, count), var, sample_mean
 
 
+def running_normalized(params: BNParams, eps: float, acc: torch.dtype) -> Normalized:
+    """Normalization by the running statistics (eval mode), without looking at the data."""
+    mean = params.running_mean.to(acc)
+    invstd = torch.rsqrt(params.running_var.to(acc) + eps)
+    a, c0 = affine(mean, invstd, params.weight, params.bias)
+    return Normalized(mean, invstd, a, c0, 0)
+
+
 def residual_coefficients(res: Optional[Normalized]):
     return (None, None) if res is None else (res.a, res.c0)
 
@@ -262,10 +276,7 @@ def bn_act_backward(grad_out: Tensor, y: Tensor, params: BNParams, norm: Normali
     ``needs`` maps "y", "weight", "bias", "residual", "res_weight", "res_bias", "se" to bools.
     """
     n, hw = y.shape[0], y.shape[2] * y.shape[3]
-    grad_out = standard_layout(grad_out)
-    if grad_out.stride() != y.stride():  # the kernels index both tensors alike
-        grad_out = grad_out.contiguous(memory_format=torch.channels_last if y.stride(1) == 1
-                                       else torch.contiguous_format)
+    grad_out = match_layout(grad_out, y)  # the kernels index both tensors alike
     res_scale, res_shift = residual_coefficients(res_norm)
     if se is not None:
         squeeze = sample_mean * norm.a + norm.c0

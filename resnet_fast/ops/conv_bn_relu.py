@@ -1,0 +1,144 @@
+"""conv_bn_relu: relu(batch_norm(conv2d(x, weight))) (relu optional: conv_bn for downsample paths).
+
+The convolution is ATen's (cuDNN / oneDNN); the fusion is around it:
+
+* batch statistics (training): conv, one statistics pass over y, one pass that applies
+  BN + ReLU. Backward saves x and y only and recomputes the normalized value and the
+  ReLU mask from y (no saved BN output or ReLU output), then runs ATen's convolution
+  backward.
+* running statistics (eval): BN is folded into the convolution,
+  conv(x, weight * a) + c0 with a = gamma / sqrt(var + eps), c0 = beta - mean * a, so a
+  single bias+ReLU pass follows the convolution.
+
+Registered as ``resnet_fast::conv_bn_relu`` returning (out, y, mean, invstd, var_update):
+y is the convolution output (saved for backward), the rest as in ``bn_relu``.
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch.nn.modules.utils import _pair
+
+from . import _bn
+from ._autocast import autocast_disabled, cast_for_conv
+
+Tensor = torch.Tensor
+
+
+def _fold(weight: Tensor, a: Tensor) -> Tensor:
+    return (weight.to(a.dtype) * a.view(-1, 1, 1, 1)).to(weight.dtype)
+
+
+@torch.library.custom_op("resnet_fast::conv_bn_relu", mutates_args=())
+def conv_bn_relu_op(x: Tensor, weight: Tensor, bn_weight: Optional[Tensor], bn_bias: Optional[Tensor],
+                    running_mean: Optional[Tensor], running_var: Optional[Tensor], stride: Sequence[int],
+                    padding: Sequence[int], dilation: Sequence[int], groups: int, use_batch_stats: bool, eps: float,
+                    relu: bool, group_name: str) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    params = _bn.BNParams(bn_weight, bn_bias, running_mean, running_var)
+    if use_batch_stats:
+        y = F.conv2d(x, weight, None, stride, padding, dilation, groups)
+        result = _bn.bn_act_forward(y, params, True, eps, relu, group_name=group_name)
+        return result.out, y, result.norm.mean.clone(), result.norm.invstd, result.var
+    norm = _bn.running_normalized(params, eps, _bn.acc_dtype(x.dtype))
+    y = F.conv2d(x, _fold(weight, norm.a), None, stride, padding, dilation, groups)
+    ones = torch.ones_like(norm.a)
+    out = _bn.prim("scale_shift_act", y)(y, _bn.expand_nc(ones, y.shape[0]), _bn.expand_nc(norm.c0, y.shape[0]),
+                                         None, None, None, relu)
+    return out, y, norm.mean.clone(), norm.invstd, _bn.empty_stats(y)
+
+
+@conv_bn_relu_op.register_fake
+def _(x, weight, bn_weight, bn_bias, running_mean, running_var, stride, padding, dilation, groups, use_batch_stats,
+      eps, relu, group_name):
+    y = F.conv2d(x, weight, None, stride, padding, dilation, groups)
+    stats = y.new_empty((y.shape[1],), dtype=_bn.acc_dtype(y.dtype))
+    var = torch.empty_like(stats) if use_batch_stats else stats.new_empty((0,))
+    return torch.empty_like(y), y, torch.empty_like(stats), torch.empty_like(stats), var
+
+
+def _setup_context(ctx, inputs, output):
+    x, weight, bn_weight, bn_bias, _, _, stride, padding, dilation, groups, use_batch_stats, _, relu, group_name = \
+        inputs
+    _, y, mean, invstd, _ = output
+    ctx.save_for_backward(x, weight, y, bn_weight, bn_bias, mean, invstd)
+    ctx.config = (list(stride), list(padding), list(dilation), groups, use_batch_stats, relu, group_name)
+    ctx.mark_non_differentiable(*output[1:])
+
+
+def _backward(ctx, grad_out, *_):
+    x, weight, y, bn_weight, bn_bias, mean, invstd = ctx.saved_tensors
+    stride, padding, dilation, groups, use_batch_stats, relu, group_name = ctx.config
+    need_x, need_w, need_gamma, need_beta = ctx.needs_input_grad[:4]
+    params = _bn.BNParams(bn_weight, bn_bias, None, None)
+    norm = _bn.saved_normalized(mean, invstd, params, y)
+    grad_gamma = grad_beta = None
+    if use_batch_stats:
+        r = _bn.bn_act_backward(grad_out, y, params, norm, True, relu, None, None, None, None, None, group_name,
+                                {"y": need_x or need_w, "weight": need_gamma, "bias": need_beta})
+        grad_y, grad_gamma, grad_beta, conv_weight = r.grad_y, r.grad_weight, r.grad_bias, weight
+    else:
+        # Folded: out = act(conv(x, weight * a) + c0). Materialize g = dout * mask once, then
+        # d weight = d weight' * a, d beta = sum g, d gamma = invstd * (sum d weight' * weight - mean * sum g).
+        n = y.shape[0]
+        ones, zeros = torch.ones_like(norm.a), torch.zeros_like(norm.a)
+        grad_y, _ = _bn.prim("scale_shift_act_backward_apply", y)(
+            _bn.match_layout(grad_out, y), y, _bn.expand_nc(ones, n), _bn.expand_nc(norm.c0, n), None, None, None,
+            relu, _bn.expand_nc(ones, n), _bn.expand_nc(zeros, n), zeros, zeros, None, None, None, None)
+        conv_weight = _fold(weight, norm.a)
+        if need_gamma or need_beta:
+            sum_g = grad_y.sum(dim=(0, 2, 3), dtype=norm.a.dtype)
+            grad_beta = sum_g.to(bn_bias.dtype) if need_beta else None
+    grad_x = grad_w = None
+    if need_x or need_w or (not use_batch_stats and need_gamma):
+        grad_x, grad_w, _ = torch.ops.aten.convolution_backward(
+            grad_y, x, conv_weight, None, stride, padding, dilation, False, [0, 0], groups,
+            [need_x, need_w or (not use_batch_stats and need_gamma), False])
+    if not use_batch_stats and grad_w is not None:
+        grad_w_acc = grad_w.to(norm.a.dtype)
+        if need_gamma:
+            per_channel = (grad_w_acc * weight.to(norm.a.dtype)).sum(dim=(1, 2, 3))
+            grad_gamma = (norm.invstd * (per_channel - norm.mean * sum_g)).to(bn_weight.dtype)
+        grad_w = (grad_w_acc * norm.a.view(-1, 1, 1, 1)).to(weight.dtype) if need_w else None
+    return (grad_x, grad_w, grad_gamma, grad_beta) + (None,) * 10
+
+
+conv_bn_relu_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+def conv_bn_relu(x: Tensor, weight: Tensor, bn_weight: Optional[Tensor], bn_bias: Optional[Tensor],
+                 running_mean: Optional[Tensor], running_var: Optional[Tensor], *, stride=1, padding=0, dilation=1,
+                 groups: int = 1, training: bool, momentum: Optional[float] = 0.1, eps: float = 1e-5,
+                 relu: bool = True, num_batches_tracked: Optional[Tensor] = None, group_name: str = "") -> Tensor:
+    """relu(F.batch_norm(F.conv2d(x, weight, None, stride, padding, dilation, groups), ...)).
+
+    Same BatchNorm semantics as :func:`resnet_fast.ops.bn_relu` (running statistics
+    updated in place in training). Under autocast the convolution runs in the autocast
+    dtype, as eager's would.
+    """
+    _bn.check_activation("conv_bn_relu", "x", x)
+    torch._check(weight.dim() == 4, lambda: f"conv_bn_relu: expected a 4-D conv weight, got {weight.dim()}-D")
+    torch._check(x.shape[1] == weight.shape[1] * groups,
+                 lambda: f"conv_bn_relu: x has {x.shape[1]} channels, the weight expects "
+                         f"{weight.shape[1] * groups} (weight {tuple(weight.shape)}, groups={groups})")
+    torch._check(weight.device == x.device, lambda: f"conv_bn_relu: weight is on {weight.device}, x on {x.device}")
+    use_batch_stats = training or running_mean is None
+    params = _bn.BNParams(bn_weight, bn_bias, running_mean, running_var)
+    channels = weight.shape[0]
+    for name in ("weight", "bias", "running_mean", "running_var"):
+        _bn.check_channel_vector("conv_bn_relu", "bn_" + name if "running" not in name else name,
+                                 getattr(params, name), channels, x)
+    x, weight = cast_for_conv(x, weight)
+    torch._check(x.dtype == weight.dtype, lambda: f"conv_bn_relu: x is {x.dtype}, weight {weight.dtype}")
+    stride, padding, dilation = list(_pair(stride)), list(_pair(padding)), list(_pair(dilation))
+    if use_batch_stats:
+        out_h = (x.shape[2] + 2 * padding[0] - dilation[0] * (weight.shape[2] - 1) - 1) // stride[0] + 1
+        out_w = (x.shape[3] + 2 * padding[1] - dilation[1] * (weight.shape[3] - 1) - 1) // stride[1] + 1
+        _bn.verify_batch_size(torch.Size([x.shape[0], channels, out_h, out_w]))
+    with autocast_disabled(x):
+        out, _, mean, _, var = conv_bn_relu_op(x, weight, bn_weight, bn_bias, running_mean, running_var, stride,
+                                               padding, dilation, groups, use_batch_stats, eps, relu, group_name)
+    if training and running_mean is not None:
+        _bn.update_running_stats(running_mean, running_var, num_batches_tracked, mean, var, momentum)
+    return out
