@@ -24,8 +24,10 @@ from . import _build_config
 
 OPS = ("bn_stats", "scale_shift_act", "scale_shift_act_backward_reduce", "scale_shift_act_backward_apply")
 
-# What happened while loading, for `python -m resnet_fast.info`.
-status = {"loaded": False, "how": None, "error": None, "path": None}
+# What happened while loading, for `python -m resnet_fast.info`. "cuda_kernels": whether the
+# compiled library registered CUDA kernels (read at load time, before resnet_fast.ops fills
+# missing dispatch keys with the torch reference).
+status = {"loaded": False, "how": None, "error": None, "path": None, "cuda_kernels": False}
 
 
 def _source_root() -> str | None:
@@ -90,7 +92,7 @@ def load() -> bool:
         from . import _C  # noqa: F401
 
         status.update(loaded=True, how="ahead-of-time build", path=_C.__file__)
-        return True
+        return _loaded()
     except ImportError as error:  # absent, or built against another torch
         aot_error = error
     aot_present = any(f.startswith("_C.") for f in os.listdir(os.path.dirname(os.path.abspath(__file__))))
@@ -102,7 +104,7 @@ def load() -> bool:
         return False
     try:
         status.update(loaded=True, how="JIT build at first use", path=_jit_build())
-        return True
+        return _loaded()
     except Exception as error:  # no compiler, no ninja, a compile error: degrade, say why once
         status.update(loaded=False, how="none", error=f"{type(error).__name__}: {error}")
         warnings.warn(f"resnet_fast: C++ kernels unavailable ({status['error']}); "
@@ -110,6 +112,12 @@ def load() -> bool:
         return False
 
 
-def has_kernel(op: str, dispatch_key: str) -> bool:
-    """Whether the compiled library registered a kernel for ``resnet_fast::op`` at ``dispatch_key``."""
-    return status["loaded"] and torch._C._dispatch_has_kernel_for_dispatch_key(f"resnet_fast::{op}", dispatch_key)
+def _loaded() -> bool:
+    status["cuda_kernels"] = all(torch._C._dispatch_has_kernel_for_dispatch_key(f"resnet_fast::{op}", "CUDA")
+                                 for op in OPS)
+    return True
+
+
+def has_cuda_kernels() -> bool:
+    """Whether the compiled library brought CUDA kernels for every primitive."""
+    return load() and status["cuda_kernels"]

@@ -69,7 +69,7 @@ def backend_status() -> dict[str, tuple[bool, str]]:
     """Each backend: (usable on this machine, why not)."""
     ext = _extension.status
     compiled = _extension.load()
-    cuda_kernels = _extension.has_kernel("bn_stats", "CUDA")
+    cuda_kernels = _extension.has_cuda_kernels()
     result = {
         "cpu": (compiled, "" if compiled else f"compiled extension not loaded: {ext['error']}"),
         "triton": triton_status(),

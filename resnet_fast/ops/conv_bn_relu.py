@@ -6,9 +6,10 @@ The convolution is ATen's (cuDNN / oneDNN); the fusion is around it:
   BN + ReLU. Backward saves x and y only and recomputes the normalized value and the
   ReLU mask from y (no saved BN output or ReLU output), then runs ATen's convolution
   backward.
-* running statistics (eval): BN is folded into the convolution,
-  conv(x, weight * a) + c0 with a = gamma / sqrt(var + eps), c0 = beta - mean * a, so a
-  single bias+ReLU pass follows the convolution.
+* running statistics (eval) without gradients (inference): BN is folded into the
+  convolution, conv(x, weight * a) + c0 with a = gamma / sqrt(var + eps),
+  c0 = beta - mean * a, so a single bias+ReLU pass follows the convolution. Eval with
+  gradients (frozen BN) keeps conv then scale/shift, whose backward is as exact as eager's.
 
 Registered as ``resnet_fast::conv_bn_relu`` returning (out, y, mean, invstd, var_update):
 y is the convolution output (saved for backward), the rest as in ``bn_relu``.
@@ -34,24 +35,26 @@ def _fold(weight: Tensor, a: Tensor) -> Tensor:
 @torch.library.custom_op("resnet_fast::conv_bn_relu", mutates_args=())
 def conv_bn_relu_op(x: Tensor, weight: Tensor, bn_weight: Optional[Tensor], bn_bias: Optional[Tensor],
                     running_mean: Optional[Tensor], running_var: Optional[Tensor], stride: Sequence[int],
-                    padding: Sequence[int], dilation: Sequence[int], groups: int, use_batch_stats: bool, eps: float,
-                    relu: bool, group_name: str) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+                    padding: Sequence[int], dilation: Sequence[int], groups: int, use_batch_stats: bool,
+                    fold_bn: bool, eps: float, relu: bool, group_name: str) -> tuple[
+        Tensor, Tensor, Tensor, Tensor, Tensor]:
     params = _bn.BNParams(bn_weight, bn_bias, running_mean, running_var)
-    if use_batch_stats:
-        y = F.conv2d(x, weight, None, stride, padding, dilation, groups)
-        result = _bn.bn_act_forward(y, params, True, eps, relu, group_name=group_name)
-        return result.out, y, result.norm.mean.clone(), result.norm.invstd, result.var
-    norm = _bn.running_normalized(params, eps, _bn.acc_dtype(x.dtype))
-    y = F.conv2d(x, _fold(weight, norm.a), None, stride, padding, dilation, groups)
-    ones = torch.ones_like(norm.a)
-    out = _bn.prim("scale_shift_act", y)(y, _bn.expand_nc(ones, y.shape[0]), _bn.expand_nc(norm.c0, y.shape[0]),
-                                         None, None, None, relu)
-    return out, y, norm.mean.clone(), norm.invstd, _bn.empty_stats(y)
+    if fold_bn:  # inference: conv(x, weight * a) then bias + ReLU
+        norm = _bn.running_normalized(params, eps, _bn.acc_dtype(x.dtype))
+        y = F.conv2d(x, _fold(weight, norm.a), None, stride, padding, dilation, groups)
+        n = y.shape[0]
+        out = _bn.prim("scale_shift_act", y)(y, _bn.expand_nc(torch.ones_like(norm.a), n),
+                                             _bn.expand_nc(norm.c0, n), None, None, None, relu)
+        return out, y, norm.mean.clone(), norm.invstd, _bn.empty_stats(y)
+    y = F.conv2d(x, weight, None, stride, padding, dilation, groups)
+    result = _bn.bn_act_forward(y, params, use_batch_stats, eps, relu, group_name=group_name)
+    var = result.var if use_batch_stats else _bn.empty_stats(y)
+    return result.out, y, result.norm.mean.clone(), result.norm.invstd, var
 
 
 @conv_bn_relu_op.register_fake
 def _(x, weight, bn_weight, bn_bias, running_mean, running_var, stride, padding, dilation, groups, use_batch_stats,
-      eps, relu, group_name):
+      fold_bn, eps, relu, group_name):
     y = F.conv2d(x, weight, None, stride, padding, dilation, groups)
     stats = y.new_empty((y.shape[1],), dtype=_bn.acc_dtype(y.dtype))
     var = torch.empty_like(stats) if use_batch_stats else stats.new_empty((0,))
@@ -59,49 +62,30 @@ def _(x, weight, bn_weight, bn_bias, running_mean, running_var, stride, padding,
 
 
 def _setup_context(ctx, inputs, output):
-    x, weight, bn_weight, bn_bias, _, _, stride, padding, dilation, groups, use_batch_stats, _, relu, group_name = \
-        inputs
+    (x, weight, bn_weight, bn_bias, _, _, stride, padding, dilation, groups, use_batch_stats, fold_bn, _, relu,
+     group_name) = inputs
     _, y, mean, invstd, _ = output
     ctx.save_for_backward(x, weight, y, bn_weight, bn_bias, mean, invstd)
-    ctx.config = (list(stride), list(padding), list(dilation), groups, use_batch_stats, relu, group_name)
+    ctx.config = (list(stride), list(padding), list(dilation), groups, use_batch_stats, fold_bn, relu, group_name)
     ctx.mark_non_differentiable(*output[1:])
 
 
 def _backward(ctx, grad_out, *_):
     x, weight, y, bn_weight, bn_bias, mean, invstd = ctx.saved_tensors
-    stride, padding, dilation, groups, use_batch_stats, relu, group_name = ctx.config
+    stride, padding, dilation, groups, use_batch_stats, fold_bn, relu, group_name = ctx.config
+    if fold_bn:
+        raise RuntimeError("conv_bn_relu: the folded eval path (fold_bn=True) is for inference only; "
+                           "call resnet_fast.ops.conv_bn_relu, which folds only when no gradient is needed")
     need_x, need_w, need_gamma, need_beta = ctx.needs_input_grad[:4]
     params = _bn.BNParams(bn_weight, bn_bias, None, None)
     norm = _bn.saved_normalized(mean, invstd, params, y)
-    grad_gamma = grad_beta = None
-    if use_batch_stats:
-        r = _bn.bn_act_backward(grad_out, y, params, norm, True, relu, None, None, None, None, None, group_name,
-                                {"y": need_x or need_w, "weight": need_gamma, "bias": need_beta})
-        grad_y, grad_gamma, grad_beta, conv_weight = r.grad_y, r.grad_weight, r.grad_bias, weight
-    else:
-        # Folded: out = act(conv(x, weight * a) + c0). Materialize g = dout * mask once, then
-        # d weight = d weight' * a, d beta = sum g, d gamma = invstd * (sum d weight' * weight - mean * sum g).
-        n = y.shape[0]
-        ones, zeros = torch.ones_like(norm.a), torch.zeros_like(norm.a)
-        grad_y, _ = _bn.prim("scale_shift_act_backward_apply", y)(
-            _bn.match_layout(grad_out, y), y, _bn.expand_nc(ones, n), _bn.expand_nc(norm.c0, n), None, None, None,
-            relu, _bn.expand_nc(ones, n), _bn.expand_nc(zeros, n), zeros, zeros, None, None, None, None)
-        conv_weight = _fold(weight, norm.a)
-        if need_gamma or need_beta:
-            sum_g = grad_y.sum(dim=(0, 2, 3), dtype=norm.a.dtype)
-            grad_beta = sum_g.to(bn_bias.dtype) if need_beta else None
+    r = _bn.bn_act_backward(grad_out, y, params, norm, use_batch_stats, relu, None, None, None, None, None,
+                            group_name, {"y": need_x or need_w, "weight": need_gamma, "bias": need_beta})
     grad_x = grad_w = None
-    if need_x or need_w or (not use_batch_stats and need_gamma):
+    if need_x or need_w:
         grad_x, grad_w, _ = torch.ops.aten.convolution_backward(
-            grad_y, x, conv_weight, None, stride, padding, dilation, False, [0, 0], groups,
-            [need_x, need_w or (not use_batch_stats and need_gamma), False])
-    if not use_batch_stats and grad_w is not None:
-        grad_w_acc = grad_w.to(norm.a.dtype)
-        if need_gamma:
-            per_channel = (grad_w_acc * weight.to(norm.a.dtype)).sum(dim=(1, 2, 3))
-            grad_gamma = (norm.invstd * (per_channel - norm.mean * sum_g)).to(bn_weight.dtype)
-        grad_w = (grad_w_acc * norm.a.view(-1, 1, 1, 1)).to(weight.dtype) if need_w else None
-    return (grad_x, grad_w, grad_gamma, grad_beta) + (None,) * 10
+            r.grad_y, x, weight, None, stride, padding, dilation, False, [0, 0], groups, [need_x, need_w, False])
+    return (grad_x, grad_w, r.grad_weight, r.grad_bias) + (None,) * 11
 
 
 conv_bn_relu_op.register_autograd(_backward, setup_context=_setup_context)
@@ -136,9 +120,15 @@ def conv_bn_relu(x: Tensor, weight: Tensor, bn_weight: Optional[Tensor], bn_bias
         out_h = (x.shape[2] + 2 * padding[0] - dilation[0] * (weight.shape[2] - 1) - 1) // stride[0] + 1
         out_w = (x.shape[3] + 2 * padding[1] - dilation[1] * (weight.shape[3] - 1) - 1) // stride[1] + 1
         _bn.verify_batch_size(torch.Size([x.shape[0], channels, out_h, out_w]))
+    # Folding BN into the weights is exact in real arithmetic but rounds weight * a to the
+    # conv dtype, which gradients would inherit: fold for inference only.
+    needs_grad = torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (x, weight, bn_weight, bn_bias))
+    fold_bn = not use_batch_stats and not needs_grad
     with autocast_disabled(x):
         out, _, mean, _, var = conv_bn_relu_op(x, weight, bn_weight, bn_bias, running_mean, running_var, stride,
-                                               padding, dilation, groups, use_batch_stats, eps, relu, group_name)
+                                               padding, dilation, groups, use_batch_stats, fold_bn, eps, relu,
+                                               group_name)
     if training and running_mean is not None:
         _bn.update_running_stats(running_mean, running_var, num_batches_tracked, mean, var, momentum)
     return out
