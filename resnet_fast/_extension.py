@@ -95,12 +95,16 @@ def load() -> bool:
         return _loaded()
     except ImportError as error:  # absent, or built against another torch
         aot_error = error
+    jit_enabled = os.environ.get("RESNET_FAST_JIT", "1") != "0"
     aot_present = any(f.startswith("_C.") for f in os.listdir(os.path.dirname(os.path.abspath(__file__))))
-    if aot_present:
+    if aot_present:  # present but unloadable: say so once, with the cause
         warnings.warn(f"resnet_fast: the compiled extension does not load under torch {torch.__version__} "
-                      f"(built for another torch?): {aot_error}; rebuilding it against this torch")
-    if os.environ.get("RESNET_FAST_JIT", "1") == "0":
-        status.update(how="none", error="no ahead-of-time build and RESNET_FAST_JIT=0")
+                      f"(built for another torch?): {aot_error}; "
+                      + ("rebuilding it against this torch" if jit_enabled else
+                         "RESNET_FAST_JIT=0, so the Triton/reference backends are used"))
+    if not jit_enabled:
+        status.update(how="none", error=(f"ahead-of-time build does not load ({aot_error})" if aot_present else
+                                          "no ahead-of-time build") + " and RESNET_FAST_JIT=0")
         return False
     try:
         status.update(loaded=True, how="JIT build at first use", path=_jit_build())

@@ -46,39 +46,49 @@ def prim(op: str, like: Tensor):
 
 
 # ----------------------------------------------------------------------------- checks
+def require(condition, message) -> None:
+    """Raise RuntimeError(message()) unless ``condition``.
+
+    Not torch._check: Dynamo cannot trace its message closures when they capture tensors,
+    while a plain ``if`` on shapes and dtypes is decided (and guarded) at trace time.
+    """
+    if not condition:
+        raise RuntimeError(message())
+
+
 def check_activation(op: str, name: str, t: Tensor) -> None:
-    torch._check(isinstance(t, Tensor), lambda: f"{op}: {name} must be a Tensor, got {type(t).__name__}")
-    torch._check(t.dim() == 4, lambda: f"{op}: expected {name} to be 4-D (N, C, H, W), got {t.dim()}-D "
+    require(isinstance(t, Tensor), lambda: f"{op}: {name} must be a Tensor, got {type(t).__name__}")
+    require(t.dim() == 4, lambda: f"{op}: expected {name} to be 4-D (N, C, H, W), got {t.dim()}-D "
                                        f"of shape {tuple(t.shape)}")
-    torch._check(t.dtype in (torch.float16, torch.bfloat16, torch.float32, torch.float64),
+    require(t.dtype in (torch.float16, torch.bfloat16, torch.float32, torch.float64),
                  lambda: f"{op}: {name} must be float16, bfloat16, float32 or float64, got {t.dtype}")
 
 
 def check_channel_vector(op: str, name: str, t: Optional[Tensor], channels: int, like: Tensor) -> None:
     if t is None:
         return
-    torch._check(t.dim() == 1 and t.shape[0] == channels,
+    require(t.dim() == 1 and t.shape[0] == channels,
                  lambda: f"{op}: expected {name} of shape ({channels},) to match the input's channels, "
                          f"got {tuple(t.shape)}")
-    torch._check(t.device == like.device,
+    require(t.device == like.device,
                  lambda: f"{op}: {name} is on {t.device}, the input on {like.device}")
-    torch._check(t.is_floating_point(), lambda: f"{op}: {name} must be floating point, got {t.dtype}")
+    require(t.is_floating_point(), lambda: f"{op}: {name} must be floating point, got {t.dtype}")
 
 
 def check_same_shape(op: str, name: str, t: Tensor, like: Tensor) -> None:
-    torch._check(t.shape == like.shape,
+    require(t.shape == like.shape,
                  lambda: f"{op}: {name} has shape {tuple(t.shape)}, expected {tuple(like.shape)}")
-    torch._check(t.dtype == like.dtype, lambda: f"{op}: {name} has dtype {t.dtype}, expected {like.dtype}")
-    torch._check(t.device == like.device, lambda: f"{op}: {name} is on {t.device}, expected {like.device}")
+    require(t.dtype == like.dtype, lambda: f"{op}: {name} has dtype {t.dtype}, expected {like.dtype}")
+    require(t.device == like.device, lambda: f"{op}: {name} is on {t.device}, expected {like.device}")
 
 
 def check_batch_norm(op: str, y: Tensor, params: "BNParams", use_batch_stats: bool, prefix: str = "") -> None:
     channels = y.shape[1]
     for name in ("weight", "bias", "running_mean", "running_var"):
         check_channel_vector(op, prefix + name, getattr(params, name), channels, y)
-    torch._check((params.running_mean is None) == (params.running_var is None),
+    require((params.running_mean is None) == (params.running_var is None),
                  lambda: f"{op}: {prefix}running_mean and {prefix}running_var must both be given or both None")
-    torch._check(use_batch_stats or params.running_mean is not None,
+    require(use_batch_stats or params.running_mean is not None,
                  lambda: f"{op}: eval mode needs {prefix}running_mean and {prefix}running_var")
     if use_batch_stats:
         verify_batch_size(y.shape)
@@ -357,7 +367,7 @@ def update_running_stats(running_mean: Optional[Tensor], running_var: Optional[T
     if num_batches_tracked is not None:
         num_batches_tracked.add_(1)
     if momentum is None:
-        torch._check(num_batches_tracked is not None,
+        require(num_batches_tracked is not None,
                      lambda: "momentum=None (cumulative average) needs num_batches_tracked")
         factor = 1.0 / num_batches_tracked.to(batch_mean.dtype)
     else:

@@ -78,10 +78,10 @@ def squeeze_excite(y: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], 
     ``identity_bn`` and the running statistics behave as in :func:`bn_add_relu`.
     """
     channels = y.shape[1] if y.dim() == 4 else -1
-    torch._check(fc1_weight.dim() in (2, 4) and fc1_weight.shape[1] == channels,
+    _bn.require(fc1_weight.dim() in (2, 4) and fc1_weight.shape[1] == channels,
                  lambda: f"squeeze_excite: fc1_weight must be (C_r, {channels}[, 1, 1]), got {tuple(fc1_weight.shape)}")
     hidden = fc1_weight.shape[0]
-    torch._check(fc2_weight.dim() in (2, 4) and tuple(fc2_weight.shape[:2]) == (channels, hidden),
+    _bn.require(fc2_weight.dim() in (2, 4) and tuple(fc2_weight.shape[:2]) == (channels, hidden),
                  lambda: f"squeeze_excite: fc2_weight must be ({channels}, {hidden}[, 1, 1]), "
                          f"got {tuple(fc2_weight.shape)}")
     bn = (weight, bias, running_mean, running_var, num_batches_tracked)
