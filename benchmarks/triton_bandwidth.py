@@ -1,0 +1,145 @@
+"""Bandwidth of the Triton primitives at ResNet-50 batch-256 shapes (bf16, channels_last) on one GPU.
+
+For every BatchNorm shape of ResNet-50 and every primitive, times (median, L2 flushed,
+triton.testing.do_bench) the Triton kernels, the eager torch reference
+(resnet_fast/ops/primitives.py) and torch.compile of that reference, and reports GB/s
+counting the bytes each must move at least (every tensor argument read once, every
+output written once), next to the device's copy bandwidth (y.clone()) at the same size.
+
+    python benchmarks/triton_bandwidth.py results.json [--batch 256] [--no-compile] [--quick]
+
+Without a CUDA device it says so and exits with status 0.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+
+import torch
+
+# ResNet-50's BatchNorm inputs (C, H) with H == W: stem, then each stage's 1x1-reduce, 3x3 and 1x1-expand widths.
+RESNET50_SHAPES = [
+    (64, 112),
+    (64, 56), (256, 56), (128, 56),
+    (128, 28), (512, 28), (256, 28),
+    (256, 14), (1024, 14), (512, 14),
+    (512, 7), (2048, 7),
+]
+QUICK_SHAPES = [(64, 112), (256, 56), (512, 28), (1024, 14), (2048, 7)]
+
+
+def tensor_bytes(values) -> int:
+    total = 0
+    for v in values:
+        if isinstance(v, torch.Tensor):
+            total += v.numel() * v.element_size()
+        elif isinstance(v, (tuple, list)):
+            total += tensor_bytes(v)
+    return total
+
+
+def cases(n: int, c: int, h: int, dtype: torch.dtype):
+    """(name, args) per primitive variant: the configurations a ResNet-50 training step runs."""
+    def act(seed):
+        g = torch.Generator(device="cuda").manual_seed(seed)
+        t = torch.randn((n, c, h, h), device="cuda", dtype=dtype, generator=g)
+        return t.contiguous(memory_format=torch.channels_last)
+
+    def coef(*shape):
+        return torch.rand(shape, device="cuda", dtype=torch.float32) + 0.5
+
+    y, residual, dout = act(0), act(1), act(2)
+    scale, shift = coef(n, c), coef(n, c) - 1.0
+    center = y.float().mean(dim=(0, 2, 3))
+    k = (coef(n, c), coef(n, c), coef(c), center)
+    return [
+        ("bn_stats", (y,)),
+        ("scale_shift_act", (y, scale, shift, None, None, None, True)),  # conv -> bn -> relu
+        ("scale_shift_act+residual", (y, scale, shift, residual, None, None, True)),  # block tail
+        ("scale_shift_act_backward_reduce", (dout, y, scale, shift, None, None, None, True, center, None)),
+        ("scale_shift_act_backward_apply", (dout, y, scale, shift, None, None, None, True, *k,
+                                            None, None, None, None)),
+    ]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("output", help="path of the JSON results")
+    parser.add_argument("--batch", type=int, default=256)
+    parser.add_argument("--no-compile", action="store_true", help="skip torch.compile of the reference")
+    parser.add_argument("--quick", action="store_true", help="one shape per stage instead of all")
+    args = parser.parse_args()
+
+    if not torch.cuda.is_available():
+        print("triton_bandwidth: no CUDA device, nothing to measure (the benchmark needs a GPU)")
+        return 0
+    if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
+        print("triton_bandwidth: TRITON_INTERPRET is set; unset it to time the compiled kernels")
+        return 0
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    import triton
+    from triton.testing import do_bench
+
+    from resnet_fast.kernels import triton as kernels
+    from resnet_fast.ops import primitives as reference
+
+    def bench(fn) -> float:
+        fn()  # autotune / compile outside the timing
+        torch.cuda.synchronize()
+        return do_bench(fn, warmup=25, rep=100, return_mode="median")
+
+    dtype = torch.bfloat16
+    compiled = {}
+    results = []
+    header = f"{'shape':>22} {'primitive':<34} {'MB':>8} {'triton GB/s':>12} {'eager GB/s':>11} {'compile GB/s':>13} " \
+             f"{'copy GB/s':>10} {'triton/copy':>11}"
+    print(header)
+    for c, h in (QUICK_SHAPES if args.quick else RESNET50_SHAPES):
+        shape = (args.batch, c, h, h)
+        torch.cuda.empty_cache()
+        all_cases = cases(*shape[:3], dtype)
+        y = all_cases[0][1][0]
+        copy_ms = bench(lambda: y.clone(memory_format=torch.channels_last))
+        copy_gbps = 2 * tensor_bytes([y]) / copy_ms / 1e6
+        for name, call_args in all_cases:
+            op = name.split("+")[0]
+            triton_fn, eager_fn = getattr(kernels, op), reference.PRIMITIVES[op]
+            nbytes = tensor_bytes(call_args) + tensor_bytes(triton_fn(*call_args))
+            row = dict(shape=list(shape), primitive=name, bytes=nbytes, copy_ms=copy_ms, copy_GBps=copy_gbps)
+            for label, fn in (("triton", triton_fn), ("eager", eager_fn)):
+                ms = bench(lambda: fn(*call_args))
+                row[f"{label}_ms"], row[f"{label}_GBps"] = ms, nbytes / ms / 1e6
+            if not args.no_compile:
+                if op not in compiled:
+                    compiled[op] = torch.compile(eager_fn, dynamic=False)
+                ms = bench(lambda: compiled[op](*call_args))
+                row["compile_ms"], row["compile_GBps"] = ms, nbytes / ms / 1e6
+            results.append(row)
+            print(f"{str(shape):>22} {name:<34} {nbytes / 1e6:8.1f} {row['triton_GBps']:12.0f} "
+                  f"{row['eager_GBps']:11.0f} {row.get('compile_GBps', float('nan')):13.0f} {copy_gbps:10.0f} "
+                  f"{row['triton_GBps'] / copy_gbps:11.2f}")
+        del all_cases, y
+
+    summary = {
+        "device": torch.cuda.get_device_name(),
+        "torch": torch.__version__,
+        "triton": triton.__version__,
+        "python": platform.python_version(),
+        "dtype": str(dtype),
+        "memory_format": "channels_last",
+        "batch": args.batch,
+        "bytes": "every tensor argument read once plus every output written once",
+        "timing": "triton.testing.do_bench, median, L2 flushed between runs",
+        "results": results,
+    }
+    with open(args.output, "w") as f:
+        json.dump(summary, f, indent=2)
+    print(f"wrote {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,188 @@
+"""What the Triton primitives share: interpreter switch, launch/registration helper, layout math, configs.
+
+Layout. Every 4-D tensor the kernels take is NCHW-contiguous or channels_last (the
+contract); in both, (h, w) collapse into one index hw = h * W + w with one stride, so a
+kernel addresses element (n, c, hw) at ``n * stride_n + c * stride_c + hw * stride_hw``
+and never copies. Kernels work on [BLOCK_C, BLOCK_HW] tiles of one sample n; which of
+the two axes is the contiguous one (hw for NCHW, c for channels_last) decides the tile
+shape, so each kernel has one list of autotune configs per layout.
+"""
+from __future__ import annotations
+
+import functools
+import os
+from typing import Callable
+
+import torch
+import triton
+import triton.language as tl
+
+Tensor = torch.Tensor
+
+# Read once, before any kernel is defined: @triton.jit makes interpreted kernels then.
+INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+_triton_op = getattr(torch.library, "triton_op", None)  # torch >= 2.6
+_wrap_triton = getattr(torch.library, "wrap_triton", None)
+
+SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+# ----------------------------------------------------------------------------- launch and registration
+def launch(kernel):
+    """What to index with a grid and call: wrap_triton(kernel) on GPU, so torch.compile traces into the
+    launch; the kernel itself under the interpreter."""
+    if INTERPRETED or _wrap_triton is None:
+        return kernel
+    return _wrap_triton(kernel)
+
+
+def export(name: str, launcher: Callable) -> Callable:
+    """The public primitive for ``launcher``: the ``resnet_fast::triton_<name>`` triton_op on GPU, the
+    launcher itself under the interpreter (torch.compile and wrap_triton cannot trace interpreted kernels).
+    """
+    op = None
+    if _triton_op is not None:
+        op = _triton_op(f"resnet_fast::triton_{name}", mutates_args=())(launcher)
+
+    @functools.wraps(launcher)
+    def primitive(*args, **kwargs):
+        if op is None or INTERPRETED:
+            return launcher(*args, **kwargs)
+        return op(*args, **kwargs)
+
+    primitive.op = op  # the registered op (None on torch without triton_op), for opcheck
+    primitive.launcher = launcher
+    return primitive
+
+
+# ----------------------------------------------------------------------------- configs
+def configs(gpu: list[tuple[int, int, int]], interpreted: tuple[int, int]) -> list[triton.Config]:
+    """Autotune configs from (BLOCK_C, BLOCK_HW, num_warps) triples; a single tiny one under the interpreter.
+
+    The interpreter's tiles are small so that the tiny test shapes still have several blocks and masked tails.
+    """
+    if INTERPRETED:
+        return [triton.Config({"BLOCK_C": interpreted[0], "BLOCK_HW": interpreted[1]}, num_warps=1)]
+    return [triton.Config({"BLOCK_C": c, "BLOCK_HW": hw}, num_warps=w) for c, hw, w in gpu]
+
+
+def merge_configs() -> list[triton.Config]:
+    """Configs of the stage-2 (merge) kernels: BLOCK_N samples x BLOCK_C channels per step."""
+    if INTERPRETED:
+        return [triton.Config({"BLOCK_N": 2, "BLOCK_C": 4}, num_warps=1)]
+    shapes = ((16, 16), (16, 32), (32, 16), (8, 64))
+    return [triton.Config({"BLOCK_N": n, "BLOCK_C": c}, num_warps=4) for n, c in shapes]
+
+
+# ----------------------------------------------------------------------------- shared device code
+@triton.jit
+def pre_activation(y, scale, shift, r, res_scale, res_shift, HAS_RES: tl.constexpr, RES_AFFINE: tl.constexpr):
+    """z = y * scale + shift + R on a [BLOCK_C, BLOCK_HW] tile; R = r * res_scale + res_shift, r, or 0."""
+    z = y * scale[:, None] + shift[:, None]
+    if HAS_RES:
+        if RES_AFFINE:
+            r = r * res_scale[:, None] + res_shift[:, None]
+        z = z + r
+    return z
+
+
+@triton.jit
+def relu_grad(grad, y, r, scale, shift, res_scale, res_shift, HAS_RES: tl.constexpr, RES_AFFINE: tl.constexpr,
+              RELU: tl.constexpr):
+    """g = grad * (z > 0) when RELU (z recomputed from y and r), else grad."""
+    if RELU:
+        z = pre_activation(y, scale, shift, r, res_scale, res_shift, HAS_RES, RES_AFFINE)
+        grad = tl.where(z > 0, grad, 0.0)
+    return grad
+
+
+# ----------------------------------------------------------------------------- checks and layout
+def check_activation(op: str, name: str, t: Tensor, like: Tensor | None = None) -> None:
+    torch._check(t.dim() == 4, lambda: f"{op}: expected {name} to be 4-D (N, C, H, W), got shape {tuple(t.shape)}")
+    torch._check(t.dtype in SUPPORTED_DTYPES,
+                 lambda: f"{op}: {name} must be float16, bfloat16, float32 or float64, got {t.dtype}")
+    if like is not None:
+        torch._check(t.shape == like.shape,
+                     lambda: f"{op}: {name} has shape {tuple(t.shape)}, expected {tuple(like.shape)} (y's)")
+        torch._check(t.dtype == like.dtype, lambda: f"{op}: {name} has dtype {t.dtype}, expected {like.dtype} (y's)")
+        torch._check(t.device == like.device, lambda: f"{op}: {name} is on {t.device}, y on {like.device}")
+
+
+def acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def coefficient(op: str, name: str, t: Tensor | None, shape: tuple[int, ...], y: Tensor) -> Tensor | None:
+    """A per-channel / per-(n, c) coefficient as a contiguous tensor in y's accumulation dtype."""
+    if t is None:
+        return None
+    torch._check(tuple(t.shape) == shape, lambda: f"{op}: expected {name} of shape {shape}, got {tuple(t.shape)}")
+    torch._check(t.device == y.device, lambda: f"{op}: {name} is on {t.device}, y on {y.device}")
+    return t.to(acc_dtype(y.dtype)).contiguous()  # no copy when already so (the contract)
+
+
+def _hw_stride(t: Tensor) -> int | None:
+    """The one stride of the collapsed hw = h * W + w index, or None when (h, w) do not collapse."""
+    _, _, h, w = t.shape
+    _, _, stride_h, stride_w = t.stride()
+    if w == 1:
+        return stride_h
+    if h == 1 or stride_h == w * stride_w:
+        return stride_w
+    return None
+
+
+def standard(t: Tensor) -> Tensor:
+    """``t`` itself when (h, w) collapse (NCHW-contiguous, channels_last, ...); else a channels_last copy.
+
+    The contract only admits the two standard layouts, so the copy is for callers outside it.
+    """
+    if _hw_stride(t) is not None:
+        return t
+    return t.contiguous(memory_format=torch.channels_last)
+
+
+def plane_strides(t: Tensor | None) -> tuple[int, int, int]:
+    """(stride_n, stride_c, stride_hw) of a standard() tensor; zeros for an absent one."""
+    if t is None:
+        return 0, 0, 0
+    return t.stride(0), t.stride(1), _hw_stride(t)
+
+
+def channels_contiguous(t: Tensor) -> bool:
+    """Whether c, rather than hw, is the unit-stride axis (channels_last; also any layout when H*W == 1)."""
+    hw = t.shape[2] * t.shape[3]
+    return hw == 1 or (t.stride(1) == 1 and _hw_stride(t) != 1)
+
+
+# ----------------------------------------------------------------------------- split reductions
+@functools.lru_cache(maxsize=None)
+def _sm_count(device_index: int) -> int:
+    return torch.cuda.get_device_properties(device_index).multi_processor_count
+
+
+def hw_split(y: Tensor, c_per_program: int) -> tuple[int, int]:
+    """(splits, hw_per_split): how stage 1 of a per-channel reduction cuts each sample's H*W.
+
+    Stage 1 runs N * ceil(C / BLOCK_C) * splits programs; split H*W until there are about
+    8 per SM (one full wave, several programs resident per SM), keeping each split a
+    multiple of 256 positions so that full tiles need no mask. ``c_per_program``
+    estimates BLOCK_C (the autotuner picks the real one; the split must be fixed before,
+    since it sizes the partial buffers). Under the interpreter splits are 8 positions,
+    so the tiny test shapes exercise several splits, the merge and a short last split.
+    """
+    n, c, hw = y.shape[0], y.shape[1], y.shape[2] * y.shape[3]
+    if INTERPRETED or not y.is_cuda:
+        align, programs = 8, 1 << 30
+    else:
+        align, programs = 256, 8 * _sm_count(y.device.index if y.device.index is not None
+                                              else torch.cuda.current_device())
+    splits = max(1, min(triton.cdiv(programs, n * triton.cdiv(c, c_per_program)), triton.cdiv(hw, align)))
+    hw_per_split = triton.cdiv(triton.cdiv(hw, splits), align) * align
+    return triton.cdiv(hw, hw_per_split), hw_per_split
+
+
+def merge_block(num_splits: int) -> int:
+    """BLOCK_S of the stage-2 kernels: splits merged per loaded tile (small under the interpreter, to loop)."""
+    return 2 if INTERPRETED else min(triton.next_power_of_2(num_splits), 8)

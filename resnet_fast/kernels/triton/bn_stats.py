@@ -1,0 +1,177 @@
+"""bn_stats: per-channel mean and biased variance of y over (N, H, W), and per-(n, c) means over (H, W).
+
+Two-stage split reduction, deterministic (no atomics: every sum has a fixed order):
+
+  stage 1  one program per (split of H*W, block of channels, sample n): Welford per lane
+           over its split, lanes merged with Chan's formula -> (mean, M2) per (n, split, c)
+  stage 2  one program per block of channels: merges the splits of each sample (its
+           sample_mean) and then the samples (the channel's mean and variance), Chan's
+           formula again; every piece of a merge has a known count (H*W is cut in equal
+           splits, the last one shorter), so counts are never stored.
+
+All statistics are centered (Welford/Chan): no sum of squares, so a channel whose
+|mean| is far larger than its standard deviation keeps its variance.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from ...ops import primitives
+from ._common import (INTERPRETED, Tensor, acc_dtype, channels_contiguous, check_activation, configs, export,
+                      hw_split, launch, merge_block, merge_configs, plane_strides, standard)
+
+_NHWC_CONFIGS = configs([(64, 32, 4), (64, 64, 8), (128, 16, 4), (128, 32, 8)], interpreted=(8, 4))
+_NCHW_CONFIGS = configs([(2, 256, 4), (4, 256, 8), (8, 128, 4), (16, 64, 4)], interpreted=(8, 4))
+
+
+@triton.jit
+def _bn_stats_partial_kernel(
+    y_ptr,  # *T (N, C, H, W) input, NCHW or channels_last
+    part_mean_ptr,  # *ACC (N, S, C) out: mean of each (sample, split, channel) piece
+    part_m2_ptr,  # *ACC (N, S, C) out: its sum of squared deviations from that mean (M2)
+    C,  # channels
+    HW,  # H * W
+    HW_PER_SPLIT,  # positions per split; the last split holds HW - (S - 1) * HW_PER_SPLIT
+    stride_n,  # y's stride of n
+    stride_c,  # y's stride of c
+    stride_hw,  # y's stride of the collapsed hw = h * W + w
+    BLOCK_C: tl.constexpr,  # channels per tile
+    BLOCK_HW: tl.constexpr,  # positions per tile
+):
+    """Stage 1. Moves N*C*H*W*sizeof(T) bytes in (each input element once), 2*N*S*C*sizeof(ACC) out.
+
+    Each lane (c, j) of the [BLOCK_C, BLOCK_HW] tile runs Welford over positions j,
+    j + BLOCK_HW, ... of the split; the full tiles need no hw mask (16-byte loads along a
+    unit-stride hw), the one partial tile at the end is masked.
+    """
+    split = tl.program_id(0)
+    c_block = tl.program_id(1)
+    n = tl.program_id(2)
+    num_splits = tl.num_programs(0)
+    ACC = part_mean_ptr.dtype.element_ty
+    cs = c_block * BLOCK_C + tl.arange(0, BLOCK_C)
+    c_mask = cs < C
+    lanes = tl.arange(0, BLOCK_HW)
+    start = split * HW_PER_SPLIT
+    count = tl.minimum(HW_PER_SPLIT, HW - start)
+    full_tiles = count // BLOCK_HW
+    ptrs = y_ptr + n.to(tl.int64) * stride_n + cs[:, None] * stride_c + (start + lanes)[None, :] * stride_hw
+
+    mean = tl.zeros([BLOCK_C, BLOCK_HW], ACC)
+    m2 = tl.zeros([BLOCK_C, BLOCK_HW], ACC)
+    for k in range(0, full_tiles):  # every lane sees its (k+1)-th value
+        x = tl.load(ptrs, mask=c_mask[:, None], other=0.0).to(ACC)
+        delta = x - mean
+        mean += delta * (tl.full([], 1.0, ACC) / (k + 1))
+        m2 += delta * (x - mean)
+        ptrs += BLOCK_HW * stride_hw
+    tail = lanes < count - full_tiles * BLOCK_HW
+    x = tl.load(ptrs, mask=c_mask[:, None] & tail[None, :], other=0.0).to(ACC)
+    lane_count = (full_tiles + tail.to(tl.int32)).to(ACC)  # values each lane has seen
+    delta = tl.where(tail[None, :], x - mean, 0.0)
+    mean += delta / tl.maximum(lane_count, 1.0)[None, :]
+    m2 += delta * (x - mean)
+
+    # Chan merge of the BLOCK_HW lanes: mean = sum(w * mean_j) / sum(w), M2 = sum(M2_j + w * (mean_j - mean)^2).
+    piece_mean = tl.sum(mean * lane_count[None, :], axis=1) / count.to(ACC)
+    dev = mean - piece_mean[:, None]
+    piece_m2 = tl.sum(m2 + lane_count[None, :] * dev * dev, axis=1)
+    out = (n * num_splits + split) * C + cs
+    tl.store(part_mean_ptr + out, piece_mean, mask=c_mask)
+    tl.store(part_m2_ptr + out, piece_m2, mask=c_mask)
+
+
+_bn_stats_partial_nhwc = triton.autotune(_NHWC_CONFIGS, key=["C", "HW", "HW_PER_SPLIT"])(_bn_stats_partial_kernel)
+_bn_stats_partial_nchw = triton.autotune(_NCHW_CONFIGS, key=["C", "HW", "HW_PER_SPLIT"])(_bn_stats_partial_kernel)
+
+
+@triton.autotune(merge_configs(), key=["N", "C", "NUM_SPLITS"])
+@triton.jit
+def _bn_stats_merge_kernel(
+    part_mean_ptr,  # *ACC (N, S, C): stage 1's piece means
+    part_m2_ptr,  # *ACC (N, S, C): stage 1's piece M2
+    mean_ptr,  # *ACC (C,) out: channel mean over (N, H, W)
+    var_ptr,  # *ACC (C,) out: channel biased variance
+    sample_mean_ptr,  # *ACC (N, C) out: mean over (H, W) per (n, c)
+    N,  # samples
+    C,  # channels
+    HW,  # H * W: values per (n, c)
+    NUM_SPLITS,  # S
+    HW_PER_SPLIT,  # values per piece (the last split of each sample has fewer)
+    BLOCK_N: tl.constexpr,  # samples per step
+    BLOCK_S: tl.constexpr,  # splits per step
+    BLOCK_C: tl.constexpr,  # channels per program
+):
+    """Stage 2. Moves 2*N*S*C*sizeof(ACC) bytes in, (N + 2)*C*sizeof(ACC) out: small beside stage 1."""
+    ACC = mean_ptr.dtype.element_ty
+    cs = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
+    c_mask = cs < C
+    run_mean = tl.zeros([BLOCK_C], ACC)
+    run_m2 = tl.zeros([BLOCK_C], ACC)
+    for n0 in range(0, N, BLOCK_N):
+        ns = n0 + tl.arange(0, BLOCK_N)
+        n_mask = ns < N
+        mean = tl.zeros([BLOCK_N, BLOCK_C], ACC)  # of the sample's splits merged so far
+        m2 = tl.zeros([BLOCK_N, BLOCK_C], ACC)
+        for s0 in range(0, NUM_SPLITS, BLOCK_S):
+            ss = s0 + tl.arange(0, BLOCK_S)
+            s_mask = ss < NUM_SPLITS
+            offs = (ns[:, None, None] * NUM_SPLITS + ss[None, :, None]) * C + cs[None, None, :]
+            mask = n_mask[:, None, None] & s_mask[None, :, None] & c_mask[None, None, :]
+            p_mean = tl.load(part_mean_ptr + offs, mask=mask, other=0.0)
+            p_m2 = tl.load(part_m2_ptr + offs, mask=mask, other=0.0)
+            w = tl.where(s_mask, tl.minimum(HW_PER_SPLIT, HW - ss * HW_PER_SPLIT), 0).to(ACC)[None, :, None]
+            chunk = tl.sum(w, axis=1)  # (1, 1): values in these splits
+            chunk_mean = tl.sum(p_mean * w, axis=1) / chunk
+            dev = p_mean - chunk_mean[:, None, :]
+            chunk_m2 = tl.sum(p_m2 + w * dev * dev, axis=1)
+            before = tl.full([], 0.0, ACC) + s0 * HW_PER_SPLIT  # the splits before s0 are full
+            delta = chunk_mean - mean
+            mean += delta * (chunk / (before + chunk))
+            m2 += chunk_m2 + delta * delta * (before * chunk / (before + chunk))
+        tl.store(sample_mean_ptr + ns[:, None] * C + cs[None, :], mean, mask=n_mask[:, None] & c_mask[None, :])
+
+        # Merge these samples (HW values each) into the channel's running statistics.
+        valid = tl.minimum(BLOCK_N, N - n0)
+        chunk_mean = tl.sum(mean, axis=0) / valid  # masked samples hold zeros
+        dev = tl.where(n_mask[:, None], mean - chunk_mean[None, :], 0.0)
+        chunk_m2 = tl.sum(m2, axis=0) + HW * tl.sum(dev * dev, axis=0)
+        before = tl.full([], 0.0, ACC) + n0 * HW
+        chunk = tl.full([], 0.0, ACC) + valid * HW
+        delta = chunk_mean - run_mean
+        run_mean += delta * (chunk / (before + chunk))
+        run_m2 += chunk_m2 + delta * delta * (before * chunk / (before + chunk))
+    tl.store(mean_ptr + cs, run_mean, mask=c_mask)
+    tl.store(var_ptr + cs, run_m2 / (tl.full([], 0.0, ACC) + N * HW), mask=c_mask)
+
+
+def bn_stats_launcher(y: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """(mean (C,), biased var (C,), sample_mean (N, C)) of y over (N, H, W), in y's accumulation dtype."""
+    check_activation("bn_stats", "y", y)
+    torch._check(y.is_cuda or INTERPRETED, lambda: "bn_stats (triton): CPU tensors need TRITON_INTERPRET=1")
+    y = standard(y)
+    n, c, h, w = y.shape
+    if y.numel() == 0:  # empty reductions (NaN means): nothing to launch
+        return primitives.bn_stats(y)
+    torch._check(n <= 65535, lambda: f"bn_stats (triton): batch {n} exceeds the grid's 65535 limit")
+    acc = acc_dtype(y.dtype)
+    channels_last = channels_contiguous(y)
+    splits, hw_per_split = hw_split(y, c_per_program=64 if channels_last else 8)
+    part_mean = y.new_empty((n, splits, c), dtype=acc)
+    part_m2 = y.new_empty((n, splits, c), dtype=acc)
+    partial = _bn_stats_partial_nhwc if channels_last else _bn_stats_partial_nchw
+    launch(partial)[lambda meta: (splits, triton.cdiv(c, meta["BLOCK_C"]), n)](
+        y, part_mean, part_m2, c, h * w, hw_per_split, *plane_strides(y))
+
+    mean = y.new_empty((c,), dtype=acc)
+    var = y.new_empty((c,), dtype=acc)
+    sample_mean = y.new_empty((n, c), dtype=acc)
+    launch(_bn_stats_merge_kernel)[lambda meta: (triton.cdiv(c, meta["BLOCK_C"]),)](
+        part_mean, part_m2, mean, var, sample_mean, n, c, h * w, splits, hw_per_split,
+        BLOCK_S=merge_block(splits))
+    return mean, var, sample_mean
+
+
+bn_stats = export("bn_stats", bn_stats_launcher)
