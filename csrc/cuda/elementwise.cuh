@@ -1,0 +1,154 @@
+// Flat, vectorized elementwise driver shared by scale_shift_act and
+// scale_shift_act_backward_apply, and the coefficient lookups of both layouts.
+//
+// A grid-stride loop over vectors of V elements (16 bytes when V == vec_width), the tail
+// (numel % V < V elements) done by the first threads with V = 1. For each vector it
+// computes a Pos: where its per-(n, c) and per-channel coefficients are.
+//   NCHW (V > 1 needs HW >= V): the vector lies in plane nc0 except its elements
+//     j >= split, which lie in plane nc0 + 1 (HW % V != 0 only: 7x7, 14x14); the
+//     coefficients are two scalar loads per array, selected per element.
+//   NHWC (V > 1 needs C % V == 0): the vector holds channels c0 .. c0+V-1 of one sample,
+//     so its coefficients are V consecutive values: 16-byte loads (L1-resident: a
+//     sample's coefficients are reused over all its H*W positions).
+#pragma once
+
+#include "common.cuh"
+
+namespace resnet_fast {
+namespace cuda {
+
+// What the elementwise kernels need to locate an element (one chunk of samples).
+struct FlatGeom {
+  uint32_t numel;
+  uint32_t C, HW;
+  at::cuda::detail::IntDivider<uint32_t> div_c, div_hw;
+};
+
+// Coefficient indices of a vector starting at element i0.
+struct Pos {
+  uint32_t nc0;  // per-(n, c) index of element 0
+  uint32_t c0;   // channel of element 0
+  uint32_t c1;   // NCHW: channel of the next plane
+  uint32_t split;  // NCHW: elements j >= split belong to plane nc0 + 1
+};
+
+template <int V, Layout L>
+__device__ __forceinline__ Pos position(uint32_t i0, const FlatGeom& g) {
+  Pos p;
+  if constexpr (L == Layout::NCHW) {
+    const auto plane = g.div_hw.divmod(i0);  // i0 = nc*HW + hw
+    p.nc0 = plane.div;
+    p.c0 = g.div_c.mod(p.nc0);
+    p.c1 = p.c0 + 1 == g.C ? 0 : p.c0 + 1;
+    p.split = g.HW - plane.mod;  // >= 1; < V only when the vector crosses a plane end
+  } else {
+    const auto row = g.div_c.divmod(i0);  // i0 = (n*HW + hw)*C + c
+    p.c0 = row.mod;
+    p.nc0 = g.div_hw.div(row.div) * g.C + p.c0;
+    p.c1 = p.c0;
+    p.split = V;
+  }
+  return p;
+}
+
+// Per-(n, c) coefficients of the vector's V elements.
+template <int V, Layout L, typename acc_t>
+__device__ __forceinline__ void gather_nc(const acc_t* __restrict__ p, const Pos& pos, acc_t (&out)[V]) {
+  if constexpr (L == Layout::NHWC) {
+    load_coef<V>(p + pos.nc0, out);
+  } else {
+    const acc_t a = p[pos.nc0];
+    const acc_t b = pos.split < V ? p[pos.nc0 + 1] : a;
+#pragma unroll
+    for (int j = 0; j < V; ++j) out[j] = j < static_cast<int>(pos.split) ? a : b;
+  }
+}
+
+// Per-channel coefficients of the vector's V elements.
+template <int V, Layout L, typename acc_t>
+__device__ __forceinline__ void gather_c(const acc_t* __restrict__ p, const Pos& pos, acc_t (&out)[V]) {
+  if constexpr (L == Layout::NHWC) {
+    load_coef<V>(p + pos.c0, out);
+  } else {
+    const acc_t a = p[pos.c0];
+    const acc_t b = pos.split < V ? p[pos.c1] : a;
+#pragma unroll
+    for (int j = 0; j < V; ++j) out[j] = j < static_cast<int>(pos.split) ? a : b;
+  }
+}
+
+// The pre-activation z = y*scale[n,c] + shift[n,c] + R of V elements whose y and residual
+// values are y, r (r unused with mode kNone); shared by the forward and the backward mask
+// so both round identically.
+template <int V, Layout L, typename scalar_t, typename acc_t>
+__device__ __forceinline__ void pre_activation_vec(const ScaleShiftArgs<scalar_t>& a, const Pos& pos,
+                                                   const acc_t (&y)[V], const acc_t (&r)[V], acc_t (&z)[V]) {
+  acc_t sc[V], sh[V], rs[V] = {}, rb[V] = {};
+  gather_nc<V, L>(a.scale, pos, sc);
+  gather_nc<V, L>(a.shift, pos, sh);
+  if (a.mode == ResMode::kAffine) {
+    gather_c<V, L>(a.res_scale, pos, rs);
+    gather_c<V, L>(a.res_shift, pos, rb);
+  }
+#pragma unroll
+  for (int j = 0; j < V; ++j) z[j] = pre_activation(y[j], sc[j], sh[j], r[j], rs[j], rb[j], a.mode);
+}
+
+// An elementwise op (its operands and apply<W, L>(i0, pos), which processes elements
+// [i0, i0 + W)) run with vectors of V elements.
+template <class Op, int V>
+struct Vectorized : Op {
+  static constexpr int kVec = V;
+};
+
+template <class Op, Layout L>
+__global__ void __launch_bounds__(kThreads) _elementwise_kernel(const Op op, const FlatGeom g) {
+  constexpr int V = Op::kVec;
+  const uint32_t nvec = g.numel / V;
+  const uint32_t first = blockIdx.x * kThreads + threadIdx.x;
+  const uint32_t stride = gridDim.x * kThreads;
+  for (uint32_t v = first; v < nvec; v += stride) {
+    const uint32_t i0 = v * V;
+    op.template apply<V, L>(i0, position<V, L>(i0, g));
+  }
+  if constexpr (V > 1) {
+    const uint32_t i = nvec * V + first;  // the last numel % V elements
+    if (i < g.numel) op.template apply<1, L>(i, position<1, L>(i, g));
+  }
+}
+
+FlatGeom flat_geom(const ActivationInfo& info, int64_t n_chunk);
+
+// Grid of the elementwise kernels: enough blocks for the vectors, at most 16 per SM (the
+// grid-stride loop does the rest).
+unsigned elementwise_blocks(int64_t numel, int vec, int sms);
+
+// Runs `op` over one chunk of n_chunk samples (its pointers already offset to it), with
+// 16-byte vectors when `vec`.
+template <typename scalar_t, class Op>
+void launch_elementwise(const Op& op, bool vec, const ActivationInfo& info, int64_t n_chunk, int sms,
+                        cudaStream_t stream) {
+  const FlatGeom g = flat_geom(info, n_chunk);
+  with_vec<scalar_t>(vec, [&](auto v) {
+    using VOp = Vectorized<Op, decltype(v)::value>;
+    const unsigned blocks = elementwise_blocks(g.numel, VOp::kVec, sms);
+    if (info.layout == Layout::NCHW) {
+      _elementwise_kernel<VOp, Layout::NCHW><<<blocks, kThreads, 0, stream>>>(VOp{op}, g);
+    } else {
+      _elementwise_kernel<VOp, Layout::NHWC><<<blocks, kThreads, 0, stream>>>(VOp{op}, g);
+    }
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+}
+
+// Whether the vectorized path applies to a chunk: the layout condition, and 16-byte
+// alignment of every activation pointer (and, in NHWC, of every coefficient pointer).
+template <typename scalar_t, typename... Ptrs>
+bool elementwise_vec_ok(const ActivationInfo& info, const Ptrs*... ptrs) {
+  constexpr int V = vec_width<scalar_t>();
+  const bool shape_ok = info.layout == Layout::NCHW ? info.HW >= V : info.C % V == 0;
+  return shape_ok && all_aligned16(ptrs...);
+}
+
+}  // namespace cuda
+}  // namespace resnet_fast
