@@ -82,7 +82,9 @@ def test_cuda_kernels_registered_when_built_with_cuda():
     # Read when the library loaded, before resnet_fast.ops filled missing keys with the reference.
     assert _extension.status["cuda_kernels"], "built with nvcc available, yet the library has no CUDA kernels"
     for op in _extension.OPS:
-        assert torch._C._dispatch_has_kernel_for_dispatch_key(f"resnet_fast::{op}", "CUDA"), op
+        dump = torch._C._dispatch_dump(f"resnet_fast::{op}")
+        cuda_line = next((line for line in dump.splitlines() if line.startswith("CUDA")), "")
+        assert "csrc/cuda/" in cuda_line, f"{op}: CUDA kernel not from csrc/cuda: {cuda_line!r}"
 
 
 def test_cuda_build_is_gated_on_toolkit_not_gpu(monkeypatch):
