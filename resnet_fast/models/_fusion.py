@@ -1,0 +1,154 @@
+"""What the fused blocks read off their modules: BatchNorm arguments, fusable convs, SE weights.
+
+The fused path bypasses the BatchNorm (and ReLU, SE) modules' forward and hands their
+tensors to the ops, so every block first asks here whether that is exact for its
+modules. Anything the ops cannot express makes the block run its eager forward instead:
+
+* a norm that is not ``nn.BatchNorm2d`` / ``nn.SyncBatchNorm`` / torchvision's
+  ``FrozenBatchNorm2d``, or a subclass that overrides ``forward`` (e.g. timm's
+  BatchNormAct2d, or GroupNorm passed as ``norm_layer``): its semantics are unknown;
+* a forward/backward hook on any submodule: the fused path would never call it;
+* a convolution fused with its BatchNorm that has a bias, non-zero padding mode,
+  string padding or a custom forward (conv_bn_relu takes a bias-free zero-padded conv);
+* an SE module other than :class:`~resnet_fast.models.blocks.SEModule`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from .. import ops
+
+Tensor = torch.Tensor
+
+_BN_FORWARDS = (_BatchNorm.forward, nn.SyncBatchNorm.forward)
+
+
+@dataclass(frozen=True)
+class NormArgs:
+    """One BatchNorm module as fused-op arguments (nn.BatchNorm2d.forward's semantics)."""
+    weight: Optional[Tensor]
+    bias: Optional[Tensor]
+    running_mean: Optional[Tensor]  # None when batch statistics are neither used from nor written to buffers
+    running_var: Optional[Tensor]
+    num_batches_tracked: Optional[Tensor]
+    training: bool
+    momentum: Optional[float]
+    eps: float
+    group_name: str  # SyncBatchNorm's process group when statistics are synchronized, else ""
+
+    @property
+    def tensors(self) -> tuple:
+        return self.weight, self.bias, self.running_mean, self.running_var
+
+    @property
+    def kwargs(self) -> dict:
+        return dict(training=self.training, momentum=self.momentum, eps=self.eps,
+                    num_batches_tracked=self.num_batches_tracked, group_name=self.group_name)
+
+    @property
+    def identity_bn(self) -> tuple:
+        """The ``identity_bn=`` argument of bn_add_relu / squeeze_excite."""
+        return self.tensors + (self.num_batches_tracked,)
+
+    def shares_config(self, other: "NormArgs") -> bool:
+        """Whether ``other`` can ride along as ``identity_bn`` (the ops give both BNs one config)."""
+        return (self.training, self.momentum, self.eps, self.group_name) == (
+            other.training, other.momentum, other.eps, other.group_name)
+
+
+def _is_frozen_bn(module: nn.Module) -> bool:
+    # torchvision.ops.FrozenBatchNorm2d (detection backbones), recognized without importing torchvision.
+    return type(module).__name__ == "FrozenBatchNorm2d" and all(
+        isinstance(getattr(module, name, None), Tensor) for name in ("weight", "bias", "running_mean", "running_var"))
+
+
+def _sync_group_name(bn: nn.Module) -> str:
+    if not (isinstance(bn, nn.SyncBatchNorm) and bn.training and dist.is_available() and dist.is_initialized()):
+        return ""
+    group = bn.process_group or dist.group.WORLD
+    return group.group_name if dist.get_world_size(group) > 1 else ""
+
+
+def norm_args(bn: nn.Module) -> Optional[NormArgs]:
+    """The fused-op arguments of BatchNorm ``bn``, or None when only its own forward is exact."""
+    if isinstance(bn, (nn.BatchNorm2d, nn.SyncBatchNorm)) and type(bn).forward in _BN_FORWARDS:
+        # As _BatchNorm.forward: buffers are read in eval, and read and updated in training only
+        # when tracked; the ops use batch statistics when training or when given no buffers.
+        use_buffers = not bn.training or bn.track_running_stats
+        tracked = bn.training and bn.track_running_stats
+        return NormArgs(bn.weight, bn.bias, bn.running_mean if use_buffers else None,
+                        bn.running_var if use_buffers else None, bn.num_batches_tracked if tracked else None,
+                        bn.training, bn.momentum, bn.eps, _sync_group_name(bn))
+    if _is_frozen_bn(bn):
+        return NormArgs(bn.weight, bn.bias, bn.running_mean, bn.running_var, None, False, 0.0, bn.eps, "")
+    return None
+
+
+def uses_batch_stats(bn: nn.Module) -> bool:
+    """Whether ``bn`` normalizes by batch statistics (and so refuses one value per channel)."""
+    args = norm_args(bn)
+    if args is not None:
+        return args.training or args.running_mean is None
+    return isinstance(bn, _BatchNorm) and (bn.training or bn.running_mean is None)
+
+
+def fusable_conv(conv: nn.Module) -> bool:
+    """A bias-free, zero-padded nn.Conv2d whose forward is the stock one (its weight may be parametrized)."""
+    return (isinstance(conv, nn.Conv2d) and type(conv).forward is nn.Conv2d.forward
+            and type(conv)._conv_forward is nn.Conv2d._conv_forward and conv.bias is None
+            and conv.padding_mode == "zeros" and not isinstance(conv.padding, str))
+
+
+def hooked(*modules: nn.Module) -> bool:
+    """Whether any of ``modules`` has a forward or backward hook the fused path would skip."""
+    return any(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or m._backward_pre_hooks
+               for m in modules)
+
+
+def has_hooks(module: nn.Module) -> bool:
+    """Any hook on a module below ``module`` (its own hooks run around its forward anyway)."""
+    return hooked(*(m for m in module.modules() if m is not module))
+
+
+def conv_bn(x: Tensor, conv: nn.Conv2d, bn: NormArgs, relu: bool = True) -> Tensor:
+    """relu(bn(conv(x))) through the fused op (``fusable_conv(conv)`` must hold)."""
+    return ops.conv_bn_relu(x, conv.weight, *bn.tensors, stride=conv.stride, padding=conv.padding,
+                            dilation=conv.dilation, groups=conv.groups, relu=relu, **bn.kwargs)
+
+
+def downsample_parts(downsample: Optional[nn.Module]):
+    """(conv, NormArgs) of a torchvision-style ``Sequential(conv, bn)`` downsample, else None."""
+    if isinstance(downsample, nn.Sequential) and len(downsample) == 2 and isinstance(downsample[0], nn.Conv2d):
+        args = norm_args(downsample[1])
+        if args is not None:
+            return downsample[0], args
+    return None
+
+
+def residual_tail(y: Tensor, bn: NormArgs, x: Tensor, downsample: Optional[nn.Module],
+                  se: Optional[tuple] = None) -> Tensor:
+    """relu(bn(y) [* SE gate] + identity), identity = x or downsample(x), through one fused op.
+
+    A ``Sequential(conv, bn)`` downsample runs as a plain conv whose BatchNorm is applied
+    inside the tail op (``identity_bn``) when it shares the tail BN's training flag,
+    momentum, eps and process group (always, in the models built here); otherwise as a
+    separate conv_bn (no ReLU), or, for any other module, by calling it.
+    """
+    identity, identity_bn = x, None
+    if downsample is not None:
+        parts = downsample_parts(downsample)
+        if parts is not None and parts[1].shares_config(bn):
+            identity, identity_bn = parts[0](x), parts[1].identity_bn
+        elif parts is not None and fusable_conv(parts[0]):
+            identity = conv_bn(x, parts[0], parts[1], relu=False)
+        else:
+            identity = downsample(x)
+    if se is not None:
+        return ops.squeeze_excite(y, *bn.tensors, *se, identity, identity_bn=identity_bn, **bn.kwargs)
+    return ops.bn_add_relu(y, *bn.tensors, identity, identity_bn=identity_bn, **bn.kwargs)

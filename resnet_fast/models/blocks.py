@@ -1,0 +1,353 @@
+"""Residual blocks on the fused ops, with torchvision's / timm's attribute names.
+
+* :class:`BasicBlock`, :class:`Bottleneck`: torchvision's blocks (conv1, bn1, conv2, bn2,
+  conv3, bn3, relu, downsample = Sequential(conv, bn)); ``se_layer`` adds timm's SE module
+  (``se.fc1``, ``se.fc2``) after the last BN, before the residual add (SE-ResNet/ResNeXt).
+* :class:`PreActBasic`, :class:`PreActBottleneck`: timm's ``resnetv2`` pre-activation
+  blocks (norm1, conv1, norm2, conv2[, norm3, conv3], downsample.conv).
+
+The BatchNorm modules are parameter holders: forward hands their tensors to the fused
+ops (``resnet_fast.ops``), which update the running statistics in place exactly as
+``nn.BatchNorm2d`` would. A block whose modules the ops cannot express (see
+``_fusion``) runs its eager forward, the same code as torchvision's / timm's.
+
+Each block also describes the spatial size at each of its BatchNorms
+(``norm_sizes``), which the models use to refuse an input before any statistic changes.
+"""
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .. import ops
+from ._fusion import conv_bn, downsample_parts, fusable_conv, has_hooks, norm_args, residual_tail
+
+Tensor = torch.Tensor
+
+
+def make_divisible(v: float, divisor: int = 8, min_value: Optional[int] = None, round_limit: float = 0.9) -> int:
+    """timm's channel rounding (timm.layers.make_divisible)."""
+    min_value = min_value or divisor
+    new_v = max(min_value, int(v + divisor / 2) // divisor * divisor)
+    if new_v < round_limit * v:
+        new_v += divisor
+    return new_v
+
+
+def conv_out_size(conv: nn.Module, h: int, w: int) -> tuple[int, int]:
+    """Output spatial size of an nn.Conv2d / nn.MaxPool2d-like module on an h x w input."""
+    size = []
+    for i, n in enumerate((h, w)):
+        k, s, d = (_at(conv.kernel_size, i), _at(conv.stride, i), _at(getattr(conv, "dilation", 1), i))
+        if isinstance(conv.padding, str):  # Conv2d "same" (stride 1) / "valid"
+            size.append(n if conv.padding == "same" else (n - d * (k - 1) - 1) // s + 1)
+            continue
+        p = _at(conv.padding, i)
+        numerator = n + 2 * p - d * (k - 1) - 1
+        if getattr(conv, "ceil_mode", False):
+            out = -(-numerator // s) + 1
+            size.append(out - 1 if (out - 1) * s >= n + p else out)
+        else:
+            size.append(numerator // s + 1)
+    return size[0], size[1]
+
+
+def _at(v, i):
+    return v[i] if isinstance(v, (tuple, list)) else v
+
+
+def conv3x3(in_planes: int, out_planes: int, stride: int = 1, groups: int = 1, dilation: int = 1) -> nn.Conv2d:
+    return nn.Conv2d(in_planes, out_planes, kernel_size=3, stride=stride, padding=dilation, groups=groups,
+                     bias=False, dilation=dilation)
+
+
+def conv1x1(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
+    return nn.Conv2d(in_planes, out_planes, kernel_size=1, stride=stride, bias=False)
+
+
+class SEModule(nn.Module):
+    """timm's SEModule: x * sigmoid(fc2(relu(fc1(mean_hw(x))))), fc1/fc2 1x1 convs with bias.
+
+    ``rd_channels`` defaults to timm's rounding of channels / 16 (a multiple of 8, at least 8).
+    """
+
+    def __init__(self, channels: int, rd_ratio: float = 1. / 16, rd_channels: Optional[int] = None,
+                 rd_divisor: int = 8, bias: bool = True) -> None:
+        super().__init__()
+        if not rd_channels:
+            rd_channels = make_divisible(channels * rd_ratio, rd_divisor, round_limit=0.)
+        self.fc1 = nn.Conv2d(channels, rd_channels, kernel_size=1, bias=bias)
+        self.act = nn.ReLU(inplace=True)
+        self.fc2 = nn.Conv2d(rd_channels, channels, kernel_size=1, bias=bias)
+        self.gate = nn.Sigmoid()
+
+    def forward(self, x: Tensor) -> Tensor:
+        x_se = x.mean((2, 3), keepdim=True)
+        return x * self.gate(self.fc2(self.act(self.fc1(x_se))))
+
+
+def se_weights(se: Optional[nn.Module]):
+    """(fc1.weight, fc1.bias, fc2.weight, fc2.bias) for the squeeze_excite op; () without SE; None if not fusable."""
+    if se is None:
+        return ()
+    if type(se) is SEModule and all(type(fc) is nn.Conv2d and fc.kernel_size == (1, 1) for fc in (se.fc1, se.fc2)):
+        return se.fc1.weight, se.fc1.bias, se.fc2.weight, se.fc2.bias
+    return None
+
+
+class _ResidualBlock(nn.Module):
+    """What BasicBlock and Bottleneck share: the fused/eager dispatch and the block tail."""
+
+    def _fused_norms(self, convs_fused: tuple, norms: tuple):
+        """NormArgs of ``norms`` when the whole block can run fused, else None."""
+        se = se_weights(getattr(self, "se", None))
+        if se is None or not all(fusable_conv(c) for c in convs_fused) or has_hooks(self):
+            return None
+        args = [norm_args(n) for n in norms]
+        return None if any(a is None for a in args) else (args, se)
+
+    def _tail(self, y: Tensor, bn_args, x: Tensor, se: tuple) -> Tensor:
+        return residual_tail(y, bn_args, x, self.downsample, se or None)
+
+    def _eager_tail(self, out: Tensor, x: Tensor) -> Tensor:
+        se = getattr(self, "se", None)
+        if se is not None:
+            out = se(out)
+        identity = x if self.downsample is None else self.downsample(x)
+        out += identity
+        return self.relu(out)
+
+    def _downsample_sizes(self, h: int, w: int) -> list:
+        parts = downsample_parts(self.downsample)
+        if parts is None:
+            return []
+        conv, _ = parts
+        return [(self.downsample[1], conv.out_channels) + conv_out_size(conv, h, w)]
+
+    def zero_init_last(self) -> None:
+        """Zero the last BN's weight (zero_init_residual): the block starts as the identity."""
+        bn = self.last_norm()
+        if getattr(bn, "weight", None) is not None:
+            nn.init.zeros_(bn.weight)
+
+
+class BasicBlock(_ResidualBlock):
+    """torchvision's BasicBlock (3x3, 3x3); with ``se_layer``, timm's SE-ResNet basic block."""
+    expansion: int = 1
+
+    def __init__(self, inplanes: int, planes: int, stride: int = 1, downsample: Optional[nn.Module] = None,
+                 groups: int = 1, base_width: int = 64, dilation: int = 1,
+                 norm_layer: Optional[Callable[..., nn.Module]] = None,
+                 se_layer: Optional[Callable[[int], nn.Module]] = None) -> None:
+        super().__init__()
+        if norm_layer is None:
+            norm_layer = nn.BatchNorm2d
+        if groups != 1 or base_width != 64:
+            raise ValueError("BasicBlock only supports groups=1 and base_width=64")
+        if dilation > 1:
+            raise NotImplementedError("Dilation > 1 not supported in BasicBlock")
+        self.conv1 = conv3x3(inplanes, planes, stride)
+        self.bn1 = norm_layer(planes)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = conv3x3(planes, planes)
+        self.bn2 = norm_layer(planes)
+        self.se = se_layer(planes) if se_layer is not None else None
+        self.downsample = downsample
+        self.stride = stride
+
+    def last_norm(self) -> nn.Module:
+        return self.bn2
+
+    def forward(self, x: Tensor) -> Tensor:
+        fused = self._fused_norms((self.conv1,), (self.bn1, self.bn2))
+        if fused is None:
+            return self.forward_eager(x)
+        (bn1, bn2), se = fused
+        out = conv_bn(x, self.conv1, bn1)
+        return self._tail(self.conv2(out), bn2, x, se)
+
+    def forward_eager(self, x: Tensor) -> Tensor:
+        """torchvision's BasicBlock.forward (timm's with SE): module by module."""
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return self._eager_tail(out, x)
+
+    def norm_sizes(self, h: int, w: int) -> tuple[list, int, int]:
+        h1, w1 = conv_out_size(self.conv1, h, w)
+        h2, w2 = conv_out_size(self.conv2, h1, w1)
+        sizes = [(self.bn1, self.conv1.out_channels, h1, w1), (self.bn2, self.conv2.out_channels, h2, w2)]
+        return sizes + self._downsample_sizes(h, w), h2, w2
+
+
+class Bottleneck(_ResidualBlock):
+    """torchvision's Bottleneck (1x1, 3x3 with the stride, 1x1: ResNet v1.5); ``se_layer`` as timm's."""
+    expansion: int = 4
+
+    def __init__(self, inplanes: int, planes: int, stride: int = 1, downsample: Optional[nn.Module] = None,
+                 groups: int = 1, base_width: int = 64, dilation: int = 1,
+                 norm_layer: Optional[Callable[..., nn.Module]] = None,
+                 se_layer: Optional[Callable[[int], nn.Module]] = None) -> None:
+        super().__init__()
+        if norm_layer is None:
+            norm_layer = nn.BatchNorm2d
+        width = int(planes * (base_width / 64.0)) * groups
+        self.conv1 = conv1x1(inplanes, width)
+        self.bn1 = norm_layer(width)
+        self.conv2 = conv3x3(width, width, stride, groups, dilation)
+        self.bn2 = norm_layer(width)
+        self.conv3 = conv1x1(width, planes * self.expansion)
+        self.bn3 = norm_layer(planes * self.expansion)
+        self.se = se_layer(planes * self.expansion) if se_layer is not None else None
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = downsample
+        self.stride = stride
+
+    def last_norm(self) -> nn.Module:
+        return self.bn3
+
+    def forward(self, x: Tensor) -> Tensor:
+        fused = self._fused_norms((self.conv1, self.conv2), (self.bn1, self.bn2, self.bn3))
+        if fused is None:
+            return self.forward_eager(x)
+        (bn1, bn2, bn3), se = fused
+        out = conv_bn(x, self.conv1, bn1)
+        out = conv_bn(out, self.conv2, bn2)
+        return self._tail(self.conv3(out), bn3, x, se)
+
+    def forward_eager(self, x: Tensor) -> Tensor:
+        """torchvision's Bottleneck.forward (timm's with SE): module by module."""
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        return self._eager_tail(out, x)
+
+    def norm_sizes(self, h: int, w: int) -> tuple[list, int, int]:
+        sizes, h_in, w_in = [], h, w
+        for conv, bn in ((self.conv1, self.bn1), (self.conv2, self.bn2), (self.conv3, self.bn3)):
+            h, w = conv_out_size(conv, h, w)
+            sizes.append((bn, conv.out_channels, h, w))
+        return sizes + self._downsample_sizes(h_in, w_in), h, w
+
+
+def get_padding(kernel_size: int, stride: int = 1, dilation: int = 1) -> int:
+    """timm's symmetric padding (timm.layers.get_padding)."""
+    return ((stride - 1) + dilation * (kernel_size - 1)) // 2
+
+
+def create_conv2d(in_chs: int, out_chs: int, kernel_size: int, stride: int = 1, dilation: int = 1,
+                  groups: int = 1) -> nn.Conv2d:
+    """timm's create_conv2d for the defaults resnetv2 uses: bias-free, symmetric padding."""
+    return nn.Conv2d(in_chs, out_chs, kernel_size, stride=stride, padding=get_padding(kernel_size, stride, dilation),
+                     dilation=dilation, groups=groups, bias=False)
+
+
+class DownsampleConv(nn.Module):
+    """timm's resnetv2 projection shortcut: a strided 1x1 conv of the pre-activated input (no norm)."""
+
+    def __init__(self, in_chs: int, out_chs: int, stride: int = 1) -> None:
+        super().__init__()
+        self.conv = create_conv2d(in_chs, out_chs, 1, stride=stride)
+        self.norm = nn.Identity()
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.norm(self.conv(x))
+
+
+class _PreActBlock(nn.Module):
+    """timm's pre-activation blocks: x + convs(bn-relu ...), with bn_relu / conv_bn_relu fused ops.
+
+    out = conv_last(relu(norm_k(... conv1(relu(norm1(x)))))) + shortcut, shortcut = x or
+    downsample(relu(norm1(x))). norm1 runs as ``bn_relu`` on the block input, each later
+    norm fuses with the conv before it (``conv_bn_relu``); the last conv and the add are plain.
+    """
+
+    def _convs_norms(self) -> tuple[list, list]:
+        raise NotImplementedError
+
+    def forward(self, x: Tensor) -> Tensor:
+        convs, norms = self._convs_norms()
+        args = [norm_args(n) for n in norms]
+        if any(a is None for a in args) or not all(fusable_conv(c) for c in convs[:-1]) or has_hooks(self):
+            return self.forward_eager(x)
+        x_preact = ops.bn_relu(x, *args[0].tensors, **args[0].kwargs)
+        shortcut = x if self.downsample is None else self.downsample(x_preact)
+        out = x_preact
+        for conv, bn in zip(convs[:-1], args[1:]):
+            out = conv_bn(out, conv, bn)
+        return convs[-1](out) + shortcut
+
+    def forward_eager(self, x: Tensor) -> Tensor:
+        """timm's PreActBasic / PreActBottleneck forward, module by module."""
+        convs, norms = self._convs_norms()
+        x_preact = F.relu(norms[0](x))
+        shortcut = x if self.downsample is None else self.downsample(x_preact)
+        out = convs[0](x_preact)
+        for norm, conv in zip(norms[1:], convs[1:]):
+            out = conv(F.relu(norm(out)))
+        return out + shortcut
+
+    def norm_sizes(self, h: int, w: int) -> tuple[list, int, int]:
+        convs, norms = self._convs_norms()
+        sizes = [(norms[0], convs[0].in_channels, h, w)]
+        for conv, norm in zip(convs, norms[1:] + [None]):
+            h, w = conv_out_size(conv, h, w)
+            if norm is not None:
+                sizes.append((norm, conv.out_channels, h, w))
+        return sizes, h, w
+
+    def zero_init_last(self) -> None:
+        """timm's zero_init_last for pre-activation blocks: zero the last conv's weight."""
+        nn.init.zeros_(self._convs_norms()[0][-1].weight)
+
+
+def _projection(proj: bool, in_chs: int, out_chs: int, stride: int) -> Optional[nn.Module]:
+    return DownsampleConv(in_chs, out_chs, stride) if proj else None
+
+
+class PreActBasic(_PreActBlock):
+    """timm's PreActBasic: norm1, conv1 (3x3, stride), norm2, conv2 (3x3)."""
+
+    def __init__(self, in_chs: int, out_chs: Optional[int] = None, bottle_ratio: float = 1.0, stride: int = 1,
+                 dilation: int = 1, first_dilation: Optional[int] = None, groups: int = 1,
+                 norm_layer: Optional[Callable[..., nn.Module]] = None, proj: bool = False) -> None:
+        super().__init__()
+        first_dilation = first_dilation or dilation
+        norm_layer = norm_layer or nn.BatchNorm2d
+        out_chs = out_chs or in_chs
+        mid_chs = make_divisible(out_chs * bottle_ratio)
+        # As timm: a projection only where the shape changes (module creation order kept for seeded init).
+        needs_proj = stride != 1 or first_dilation != dilation or in_chs != out_chs
+        self.downsample = _projection(proj and needs_proj, in_chs, out_chs, stride)
+        self.norm1 = norm_layer(in_chs)
+        self.conv1 = create_conv2d(in_chs, mid_chs, 3, stride=stride, dilation=first_dilation, groups=groups)
+        self.norm2 = norm_layer(mid_chs)
+        self.conv2 = create_conv2d(mid_chs, out_chs, 3, dilation=dilation, groups=groups)
+
+    def _convs_norms(self) -> tuple[list, list]:
+        return [self.conv1, self.conv2], [self.norm1, self.norm2]
+
+
+class PreActBottleneck(_PreActBlock):
+    """timm's PreActBottleneck: norm1, conv1 (1x1), norm2, conv2 (3x3, stride), norm3, conv3 (1x1)."""
+
+    def __init__(self, in_chs: int, out_chs: Optional[int] = None, bottle_ratio: float = 0.25, stride: int = 1,
+                 dilation: int = 1, first_dilation: Optional[int] = None, groups: int = 1,
+                 norm_layer: Optional[Callable[..., nn.Module]] = None, proj: bool = False) -> None:
+        super().__init__()
+        first_dilation = first_dilation or dilation
+        norm_layer = norm_layer or nn.BatchNorm2d
+        out_chs = out_chs or in_chs
+        mid_chs = make_divisible(out_chs * bottle_ratio)
+        self.downsample = _projection(proj, in_chs, out_chs, stride)
+        self.norm1 = norm_layer(in_chs)
+        self.conv1 = create_conv2d(in_chs, mid_chs, 1)
+        self.norm2 = norm_layer(mid_chs)
+        self.conv2 = create_conv2d(mid_chs, mid_chs, 3, stride=stride, dilation=first_dilation, groups=groups)
+        self.norm3 = norm_layer(mid_chs)
+        self.conv3 = create_conv2d(mid_chs, out_chs, 1)
+
+    def _convs_norms(self) -> tuple[list, list]:
+        return [self.conv1, self.conv2, self.conv3], [self.norm1, self.norm2, self.norm3]
