@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# benchmarks/cpu_run.sh OUTDIR   (or RESNET_FAST_BENCH_OUT=OUTDIR benchmarks/cpu_run.sh)
+#
+# CPU benchmarks from this checkout (no install): fp32, channels_last, RESNET_FAST_BENCH_THREADS
+# threads (default 2); op level then model level, eager and resnet_fast first, then
+# torch.compile (default mode; resnet50 only at model level), then the summary:
+# OUTDIR/run.log, results.json, summary.md, summary.png. Budget RESNET_FAST_BENCH_BUDGET_S
+# (default 900 s: the whole run takes about that on 2 cores).
+#
+# The C++ CPU kernels are compiled at first use (cached in ~/.cache/resnet_fast) unless
+# RESNET_FAST_JIT=0, which benchmarks the reference backend only.
+#
+# Environment: PYTHON (default python3; here /work/venvs/dev/bin/python), PHASES (default:
+# ops models models_compile ops_compile), and the RESNET_FAST_BENCH_* knobs of benchmarks/bench_config.py.
+# Example, op level only, reference backend:
+#   PYTHON=/work/venvs/dev/bin/python RESNET_FAST_JIT=0 PHASES=ops benchmarks/cpu_run.sh /tmp/bench-cpu
+set -u -o pipefail
+
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+OUT=${1:-${RESNET_FAST_BENCH_OUT:-}}
+if [[ -z "$OUT" ]]; then
+    echo "usage: $0 OUTDIR   (or set RESNET_FAST_BENCH_OUT)" >&2
+    exit 2
+fi
+mkdir -p "$OUT" && OUT=$(cd "$OUT" && pwd)
+PY=${PYTHON:-python3}
+BUDGET_S=${RESNET_FAST_BENCH_BUDGET_S:-900}
+RESERVE_S=30
+PHASES=${PHASES:-ops models models_compile ops_compile}
+source "$REPO/benchmarks/_phases.sh"
+
+cd "$REPO" || exit 1
+export PYTHONUNBUFFERED=1
+export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
+export RESNET_FAST_BENCH_DEVICE=cpu
+export MAX_JOBS=${MAX_JOBS:-2}
+
+phase info 600 "$OUT/run.log" "$PY" -m resnet_fast.info || log "(python -m resnet_fast.info failed)"
+phase env_report 600 "$OUT/run.log" "$PY" benchmarks/env_report.py || { FAILED=1; log "FAIL env_report"; }
+
+bench ops 240 benchmarks/test_ops.py -k "not compile"
+bench models 300 benchmarks/test_models.py -k "not compile"
+bench models_compile 300 benchmarks/test_models.py -k "compile"
+bench ops_compile 300 benchmarks/test_ops.py -k "compile"
+
+RESERVE_S=0
+summarize
+log "done: FAILED=$FAILED; files in $OUT: $(cd "$OUT" && ls | tr '\n' ' ')"
+exit "$FAILED"

@@ -1,0 +1,293 @@
+"""Turn pytest-benchmark JSON from benchmarks/ into a markdown table and a PNG bar plot.
+
+    python benchmarks/summarize.py RESULTS.json [MORE.json ...] [--out benchmarks/results/NAME]
+                                   [--merged ALL.json]
+
+Writes NAME.md and NAME.png (default NAME: benchmarks/results/<first JSON's stem>). Several
+JSON files (e.g. the phases of gpu_run.sh) are merged first; ``--merged`` also saves the
+merged JSON. Ratios compare rows of the same group (op, mode, shape / model, mode, batch):
+"vs eager" = eager median / row median (above 1 = faster than eager), "vs compile" = the
+fastest torch.compile contender's median / row median.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections import defaultdict
+
+TOL = {"fp32": 1e-4, "bf16 autocast": 3e-2}
+# The issue's goals: (device, model, mode, baseline) -> minimum speedup of the best resnet_fast row.
+GOALS = {
+    "cuda": [("resnet50", "train", "eager", 1.3), ("resnet50", "train", "compile", 1.1),
+             ("resnet50", "infer", "eager", 1.5)],
+    "cpu": [("resnet50", "train", "eager", 1.15), ("resnet50", "infer", "eager", 1.3)],
+}
+OP_COPY_GOAL = 0.8  # GPU: fused elementwise ops at >= 80% of copy bandwidth
+
+
+def load(paths: list[str]) -> dict:
+    merged = None
+    by_key = {}
+    for path in paths:
+        with open(path) as f:
+            data = json.load(f)
+        if merged is None:
+            merged = {k: v for k, v in data.items() if k != "benchmarks"}
+            merged["sources"] = []
+        merged["sources"].append(os.path.basename(path))
+        for b in data.get("benchmarks", []):
+            by_key[(b.get("group"), b.get("extra_info", {}).get("contender"), b["fullname"])] = b
+    if merged is None:
+        raise SystemExit("summarize: no JSON given")
+    merged["benchmarks"] = list(by_key.values())
+    return merged
+
+
+# ----------------------------------------------------------------------------- rows
+def _rows(data: dict) -> list[dict]:
+    rows = []
+    for b in data["benchmarks"]:
+        info = b.get("extra_info", {})
+        if "kind" not in info or "stats" not in b:
+            continue
+        rows.append({"group": b["group"], "median": b["stats"]["median"], "iqr": b["stats"].get("iqr", 0.0),
+                     "rounds": b["stats"].get("rounds"), **info})
+    copy_bw = {tuple(r["shape"]): r["bytes"] / r["median"] for r in rows if r["contender"] == "copy"}
+    groups = defaultdict(list)
+    for r in rows:
+        groups[r["group"]].append(r)
+    for members in groups.values():
+        eager = next((r for r in members if r["contender"] == "eager"), None)
+        compiled = [r["median"] for r in members if r["contender"].startswith("compile")]
+        for r in members:
+            r["vs_eager"] = eager["median"] / r["median"] if eager else None
+            r["vs_compile"] = min(compiled) / r["median"] if compiled else None
+            r["memory"] = r.get("peak_mem_bytes") if r.get("peak_mem_bytes") is not None else (
+                r["saved_bytes"] if isinstance(r.get("saved_bytes"), (int, float)) else None)
+            eager_mem = eager and (eager.get("peak_mem_bytes") if eager.get("peak_mem_bytes") is not None
+                                   else eager.get("saved_bytes"))
+            r["mem_vs_eager"] = (r["memory"] / eager_mem if r["memory"] and isinstance(eager_mem, (int, float))
+                                 and eager_mem else None)
+            if r["kind"] == "op" and r.get("bytes"):
+                r["gbps"] = r["bytes"] / r["median"] / 1e9
+                ceiling = copy_bw.get(tuple(r["shape"]))
+                r["of_copy"] = (r["bytes"] / r["median"]) / ceiling if ceiling and r["contender"] != "copy" else None
+    return rows
+
+
+def _order(r: dict):
+    contender_rank = ["eager", "compile", "compile_max"]
+    c = r["contender"]
+    return (contender_rank.index(c) if c in contender_rank else 3, c)
+
+
+# ----------------------------------------------------------------------------- formatting
+def _time(s: float) -> str:
+    if s >= 1:
+        return f"{s:.3f} s"
+    if s >= 1e-3:
+        return f"{s * 1e3:.3f} ms"
+    return f"{s * 1e6:.1f} µs"
+
+
+def _bytes(n) -> str:
+    if n is None:
+        return ""
+    for unit, scale in (("GiB", 2 ** 30), ("MiB", 2 ** 20), ("KiB", 2 ** 10)):
+        if n >= scale:
+            return f"{n / scale:.2f} {unit}"
+    return f"{n} B"
+
+
+def _ratio(x) -> str:
+    return "" if x is None else f"{x:.2f}x"
+
+
+def _rate(value: float, unit: str) -> str:
+    """3 significant digits with an SI prefix: 1.23 TB/s, 45.6 GFLOP/s."""
+    for prefix, scale in (("T", 1e12), ("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if value >= scale:
+            return f"{value / scale:.3g} {prefix}{unit}"
+    return f"{value:.3g} {unit}"
+
+
+def _throughput(r: dict) -> str:
+    if r["kind"] == "model":
+        return f"{r['images'] / r['median']:.1f} img/s"
+    text = _rate(r["bytes"] / r["median"], "B/s") if r.get("bytes") else ""
+    if r.get("flops"):
+        text += f" · {_rate(r['flops'] / r['median'], 'FLOP/s')}"
+    if r.get("of_copy") is not None:
+        text += f" ({100 * r['of_copy']:.0f}% of copy)"
+    return text
+
+
+def _err(r: dict, dtype: str) -> str:
+    err = r.get("rel_err")
+    if err is None or r["contender"] in ("eager", "copy"):
+        return ""
+    flag = " ⚠" if err > TOL.get(dtype, 1e-4) else ""
+    return f"{err:.1e}{flag}"
+
+
+def _table(rows: list[dict], dtype: str, memory_label: str) -> list[str]:
+    lines = [f"| benchmark | contender | median | throughput | vs eager | vs compile | {memory_label} | "
+             "mem vs eager | rel. err |", "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    groups = defaultdict(list)
+    for r in rows:
+        groups[r["group"]].append(r)
+    for group, members in groups.items():
+        for i, r in enumerate(sorted(members, key=_order)):
+            lines.append(f"| {group if i == 0 else ''} | {r['contender']} | {_time(r['median'])} | {_throughput(r)} | "
+                         f"{_ratio(r['vs_eager'])} | {_ratio(r['vs_compile'])} | {_bytes(r['memory'])} | "
+                         f"{_ratio(r['mem_vs_eager'])} | {_err(r, dtype)} |")
+    return lines
+
+
+def _goals(rows: list[dict], device: str) -> list[str]:
+    lines = ["| goal | target | measured | met |", "|---|---:|---:|---|"]
+    found = False
+    for model, mode, baseline, target in GOALS.get(device, []):
+        rf = [r for r in rows if r["kind"] == "model" and r.get("model") == model and r["mode"] == mode
+              and r["contender"].startswith("rf_") and r.get(f"vs_{baseline}") is not None]
+        if not rf:
+            continue
+        best = max(rf, key=lambda r: r[f"vs_{baseline}"])
+        value = best[f"vs_{baseline}"]
+        found = True
+        lines.append(f"| {model} {mode} vs {baseline} ({best['contender']}) | ≥{target}x | {value:.2f}x | "
+                     f"{'yes' if value >= target else 'no'} |")
+    if device == "cuda":
+        fractions = defaultdict(list)
+        for r in rows:
+            if r["kind"] == "op" and r["contender"].startswith("rf_") and r.get("of_copy") is not None:
+                fractions[(r["group"])].append(r["of_copy"])
+        best = sorted(max(v) for v in fractions.values())
+        if best:
+            found = True
+            worst, median = best[0], best[len(best) // 2]
+            lines.append(f"| fused elementwise ops, fraction of copy bandwidth (median / worst row) | "
+                         f"≥{100 * OP_COPY_GOAL:.0f}% | {100 * median:.0f}% / {100 * worst:.0f}% | "
+                         f"{'yes' if worst >= OP_COPY_GOAL else 'no'} |")
+    return lines if found else []
+
+
+def markdown(data: dict, rows: list[dict]) -> str:
+    meta = data.get("resnet_fast", {})
+    machine = data.get("machine_info", {})
+    commit = data.get("commit_info", {})
+    device = meta.get("device", "?")
+    dtype = meta.get("dtype", "")
+    out = [f"# resnet_fast benchmarks: {meta.get('device_name', device)}", ""]
+    facts = [
+        ("date", data.get("datetime", "?")),
+        ("command", f"`{meta.get('command', '?')}` (files: {', '.join(data.get('sources', []))})"),
+        ("device", meta.get("device_name", "?")),
+        ("versions", f"torch {meta.get('torch', '?')}, CUDA {meta.get('cuda')}, resnet_fast "
+                     f"{meta.get('resnet_fast', '?')}, Python {machine.get('python_version', '?')}"),
+        ("precision", f"{dtype}, channels_last, {meta.get('threads')} CPU threads"),
+        ("sizes", f"ops batch {meta.get('op_batch')}, models batch {meta.get('model_batch')} at "
+                  f"{meta.get('image')}x{meta.get('image')}"
+                  + (" (SMOKE: the times mean nothing)" if meta.get("smoke") else "")),
+        ("resnet_fast backends", ", ".join(meta.get("backends", [])) or "none"),
+        ("commit", f"{commit.get('id', '?')[:12]}{' (dirty)' if commit.get('dirty') else ''} "
+                   f"on {commit.get('branch', '?')}"),
+    ]
+    out += [f"- **{k}**: {v}" for k, v in facts]
+    why_not = {k: v for k, v in meta.get("backend_why_not", {}).items() if not v.startswith("not a ")}
+    if why_not:
+        out.append("- **backends not measured**: " + "; ".join(f"{k}: {v}" for k, v in why_not.items()))
+    memory_label = "peak GPU mem" if device == "cuda" else "saved for bwd"
+    out += ["", "Median of the timed rounds. vs eager / vs compile: speedup over eager and over the fastest "
+            "torch.compile contender in the same group (above 1 = faster). Memory: "
+            + ("`torch.cuda.max_memory_allocated` while timing (model, optimizer state and activations)"
+               if device == "cuda" else "bytes saved for backward (unique storages, parameters excluded)")
+            + ". rel. err: relative L2 error against eager (⚠ above tolerance)."]
+    goals = _goals(rows, device)
+    if goals:
+        out += ["", "## Goals", ""] + goals
+    for kind, title in (("model", "Models"), ("op", "Ops")):
+        selected = [r for r in rows if r["kind"] == kind]
+        if selected:
+            out += ["", f"## {title}", ""] + _table(selected, dtype, memory_label)
+    return "\n".join(out) + "\n"
+
+
+# ----------------------------------------------------------------------------- plot
+def plot(rows: list[dict], path: str, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = []
+    for kind, label in (("model", "models"), ("op", "ops")):
+        groups = defaultdict(dict)
+        for r in rows:
+            if r["kind"] == kind and r["contender"] not in ("eager", "copy") and r.get("vs_eager"):
+                groups[r["group"]][r["contender"]] = r["vs_eager"]
+        if groups:
+            panels.append((label, groups))
+    if not panels:
+        print("summarize: nothing to plot (no contender besides eager)", file=sys.stderr)
+        return
+    heights = [max(2.0, 0.32 * len(g) * max(1, len({c for v in g.values() for c in v})) ** 0.5 + 1)
+               for _, g in panels]
+    fig, axes = plt.subplots(len(panels), 1, figsize=(10, min(sum(heights), 60)),
+                             gridspec_kw={"height_ratios": heights}, squeeze=False)
+    for ax, (label, groups) in zip(axes[:, 0], panels):
+        contenders = sorted({c for v in groups.values() for c in v}, key=lambda c: _order({"contender": c}))
+        names = list(groups)
+        width = 0.8 / len(contenders)
+        for i, contender in enumerate(contenders):
+            ys = [k + i * width for k in range(len(names))]
+            values = [groups[n].get(contender, float("nan")) for n in names]
+            # Bars grow from 1 (as fast as eager) to the speedup, left for slower, right for faster.
+            ax.barh(ys, [v - 1 for v in values], left=1, height=width, label=contender)
+        ax.axvline(1.0, color="black", linewidth=0.8)
+        ax.set_xscale("log", base=2)
+        ax.set_yticks([k + 0.4 - width / 2 for k in range(len(names))])
+        ax.set_yticklabels(names, fontsize=7)
+        ax.invert_yaxis()
+        ax.set_xlabel("speedup over eager (median time, higher is better)")
+        ax.set_title(f"{title}: {label}", fontsize=10)
+        ax.legend(fontsize=7, loc="lower right")
+        ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("results", nargs="+", help="pytest-benchmark JSON file(s) (--benchmark-json)")
+    parser.add_argument("--out", help="output prefix: writes PREFIX.md and PREFIX.png "
+                                      "(default benchmarks/results/<first JSON's stem>)")
+    parser.add_argument("--merged", help="also write the merged JSON here")
+    args = parser.parse_args(argv)
+    paths = [p for p in args.results if os.path.exists(p)]
+    for p in set(args.results) - set(paths):
+        print(f"summarize: skipping {p} (missing)", file=sys.stderr)
+    data = load(paths)
+    rows = _rows(data)
+    if not rows:
+        print("summarize: the JSON holds no resnet_fast benchmark rows", file=sys.stderr)
+        return 1
+    prefix = args.out or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
+                                      os.path.splitext(os.path.basename(paths[0]))[0])
+    os.makedirs(os.path.dirname(os.path.abspath(prefix)), exist_ok=True)
+    with open(prefix + ".md", "w") as f:
+        f.write(markdown(data, rows))
+    meta = data.get("resnet_fast", {})
+    plot(rows, prefix + ".png", f"resnet_fast vs eager, {meta.get('device_name', '?')}")
+    if args.merged:
+        with open(args.merged, "w") as f:
+            json.dump(data, f, indent=1)
+    print(f"summarize: {len(rows)} rows -> {prefix}.md, {prefix}.png")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
