@@ -50,6 +50,17 @@ def _interrupt(signum, frame):
     raise KeyboardInterrupt(f"signal {signum}")
 
 
+@pytest.hookimpl(hookwrapper=True, tryfirst=True)
+def pytest_sessionfinish(session, exitstatus):
+    """Drop a benchmark interrupted before its first round (no data): pytest-benchmark would
+    fail to write the JSON of all the others (min() of an empty sequence). Runs before
+    pytest-benchmark's own hookwrapper, which saves the JSON."""
+    bench_session = getattr(session.config, "_benchmarksession", None)
+    if bench_session is not None:
+        bench_session.benchmarks[:] = [b for b in bench_session.benchmarks if b.stats and b.stats.data]
+    yield
+
+
 def pytest_report_header(config):
     import bench_config
 
