@@ -13,8 +13,7 @@ from torchvision.models._utils import IntermediateLayerGetter
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 import resnet_fast
-from model_utils import (DTYPE, assert_close, compare_models, make_input, randomize_,  # noqa: F401
-                         reference_backend)
+from model_utils import assert_close, compare_models, make_input, randomize_, reference_backend  # noqa: F401
 from resnet_fast.models import blocks
 
 TV_CLASSES = (tv_resnet.ResNet, tv_resnet.BasicBlock, tv_resnet.Bottleneck)

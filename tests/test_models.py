@@ -194,6 +194,15 @@ def test_hooks_fall_back_to_eager():
     assert seen == [torch.Size([2, 128, 6, 6])]
 
 
+def test_swapped_activation_falls_back_to_eager():
+    ours, ref = tiny_pair(num_classes=3)
+    for model in (ours, ref):
+        model.relu = nn.SiLU()
+        for block in (model.layer1[0], model.layer3[0]):
+            block.relu = nn.SiLU()
+    compare_models(ours, ref, make_input(), train=True)
+
+
 def test_other_norm_layer_falls_back_to_eager():
     norm = functools.partial(nn.GroupNorm, 4)
     torch.manual_seed(0)
@@ -241,6 +250,9 @@ def test_bad_input_leaves_state_unchanged(train):
         model(torch.randn(2, 4, 32, 32, dtype=torch.float64))
     with pytest.raises(RuntimeError):  # dtype mismatch: raised by the stem conv, before any statistic
         model(torch.randn(2, 3, 32, 32, dtype=torch.float32))
+    model.conv1.padding = (0, 0)  # a 5x5 input then leaves the stem with an empty map
+    with pytest.raises(ValueError, match="input of spatial size 5x5 is too small: a feature map would be 0x0"):
+        model(torch.randn(2, 3, 5, 5, dtype=torch.float64))
     assert_state_equal(model, before)
 
 
@@ -250,6 +262,7 @@ def test_batch_of_one_in_training_is_refused_before_any_update():
     x = make_input((1, 3, 32, 32))
     with pytest.raises(ValueError) as ref_error:
         ref.train()(x)
+    ours.train()(make_input((2, 3, 32, 32)))  # a batch of two at this size first (the sizes get cached)
     before = state_snapshot(ours)
     with pytest.raises(ValueError) as our_error:
         ours.train()(x)

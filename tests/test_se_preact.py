@@ -117,6 +117,19 @@ def test_forward_features_and_headless(monkeypatch):
     ours.train()(x).sum().backward()
 
 
+@pytest.mark.parametrize("name", ["se_resnet18", "preact_resnet18"])
+def test_batch_of_one_in_training_is_refused_before_any_update(name):
+    ours, ref = pair(name)
+    x = make_input((1, 3, 32, 32))
+    with pytest.raises(ValueError) as ref_error:
+        ref.train()(x)
+    before = {k: v.clone() for k, v in ours.state_dict().items()}
+    with pytest.raises(ValueError) as our_error:
+        ours.train()(x)
+    assert str(our_error.value) == str(ref_error.value)
+    assert all(torch.equal(v, before[k]) for k, v in ours.state_dict().items())
+
+
 def test_preact_zero_init_residual_zeroes_last_conv():
     model = resnet_fast.preact_resnet18(zero_init_residual=True)
     assert all(not b.conv2.weight.any() for b in model.modules() if isinstance(b, blocks.PreActBasic))

@@ -10,7 +10,8 @@ modules. Anything the ops cannot express makes the block run its eager forward i
 * a forward/backward hook on any submodule: the fused path would never call it;
 * a convolution fused with its BatchNorm that has a bias, non-zero padding mode,
   string padding or a custom forward (conv_bn_relu takes a bias-free zero-padded conv);
-* an SE module other than :class:`~resnet_fast.models.blocks.SEModule`.
+* an activation other than ``nn.ReLU`` (the ops fuse ReLU), or an SE module other than
+  :class:`~resnet_fast.models.blocks.SEModule` with its ReLU and sigmoid.
 """
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ Tensor = torch.Tensor
 _BN_FORWARDS = (_BatchNorm.forward, nn.SyncBatchNorm.forward)
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)  # built for every BN on every forward: slots keep that cheap
 class NormArgs:
     """One BatchNorm module as fused-op arguments (nn.BatchNorm2d.forward's semantics)."""
     weight: Optional[Tensor]
@@ -113,7 +114,15 @@ def hooked(*modules: nn.Module) -> bool:
 
 def has_hooks(module: nn.Module) -> bool:
     """Any hook on a module below ``module`` (its own hooks run around its forward anyway)."""
-    return hooked(*(m for m in module.modules() if m is not module))
+    stack = list(module._modules.values())
+    while stack:
+        m = stack.pop()
+        if m is None:
+            continue
+        if m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or m._backward_pre_hooks:
+            return True
+        stack.extend(m._modules.values())
+    return False
 
 
 def conv_bn(x: Tensor, conv: nn.Conv2d, bn: NormArgs, relu: bool = True) -> Tensor:
@@ -131,9 +140,10 @@ def downsample_parts(downsample: Optional[nn.Module]):
     return None
 
 
-def residual_tail(y: Tensor, bn: NormArgs, x: Tensor, downsample: Optional[nn.Module],
-                  se: Optional[tuple] = None) -> Tensor:
+def residual_tail(y: Tensor, bn: NormArgs, x: Tensor, downsample: Optional[nn.Module], se: tuple = ()) -> Tensor:
     """relu(bn(y) [* SE gate] + identity), identity = x or downsample(x), through one fused op.
+
+    ``se``: (fc1.weight, fc1.bias, fc2.weight, fc2.bias) of the SE module, or () without SE.
 
     A ``Sequential(conv, bn)`` downsample runs as a plain conv whose BatchNorm is applied
     inside the tail op (``identity_bn``) when it shares the tail BN's training flag,
@@ -149,6 +159,6 @@ def residual_tail(y: Tensor, bn: NormArgs, x: Tensor, downsample: Optional[nn.Mo
             identity = conv_bn(x, parts[0], parts[1], relu=False)
         else:
             identity = downsample(x)
-    if se is not None:
+    if se:
         return ops.squeeze_excite(y, *bn.tensors, *se, identity, identity_bn=identity_bn, **bn.kwargs)
     return ops.bn_add_relu(y, *bn.tensors, identity, identity_bn=identity_bn, **bn.kwargs)

@@ -93,7 +93,8 @@ def se_weights(se: Optional[nn.Module]):
     """(fc1.weight, fc1.bias, fc2.weight, fc2.bias) for the squeeze_excite op; () without SE; None if not fusable."""
     if se is None:
         return ()
-    if type(se) is SEModule and all(type(fc) is nn.Conv2d and fc.kernel_size == (1, 1) for fc in (se.fc1, se.fc2)):
+    if (type(se) is SEModule and type(se.act) is nn.ReLU and type(se.gate) is nn.Sigmoid
+            and all(type(fc) is nn.Conv2d and fc.kernel_size == (1, 1) for fc in (se.fc1, se.fc2))):
         return se.fc1.weight, se.fc1.bias, se.fc2.weight, se.fc2.bias
     return None
 
@@ -103,19 +104,17 @@ class _ResidualBlock(nn.Module):
 
     def _fused_norms(self, convs_fused: tuple, norms: tuple):
         """NormArgs of ``norms`` when the whole block can run fused, else None."""
-        se = se_weights(getattr(self, "se", None))
-        if se is None or not all(fusable_conv(c) for c in convs_fused) or has_hooks(self):
+        se = se_weights(self.se)
+        # The ops apply ReLU: a block whose activation was swapped (e.g. for SiLU) runs eagerly.
+        if (se is None or type(self.relu) is not nn.ReLU or not all(fusable_conv(c) for c in convs_fused)
+                or has_hooks(self)):
             return None
         args = [norm_args(n) for n in norms]
         return None if any(a is None for a in args) else (args, se)
 
-    def _tail(self, y: Tensor, bn_args, x: Tensor, se: tuple) -> Tensor:
-        return residual_tail(y, bn_args, x, self.downsample, se or None)
-
     def _eager_tail(self, out: Tensor, x: Tensor) -> Tensor:
-        se = getattr(self, "se", None)
-        if se is not None:
-            out = se(out)
+        if self.se is not None:
+            out = self.se(out)
         identity = x if self.downsample is None else self.downsample(x)
         out += identity
         return self.relu(out)
@@ -167,7 +166,7 @@ class BasicBlock(_ResidualBlock):
             return self.forward_eager(x)
         (bn1, bn2), se = fused
         out = conv_bn(x, self.conv1, bn1)
-        return self._tail(self.conv2(out), bn2, x, se)
+        return residual_tail(self.conv2(out), bn2, x, self.downsample, se)
 
     def forward_eager(self, x: Tensor) -> Tensor:
         """torchvision's BasicBlock.forward (timm's with SE): module by module."""
@@ -215,7 +214,7 @@ class Bottleneck(_ResidualBlock):
         (bn1, bn2, bn3), se = fused
         out = conv_bn(x, self.conv1, bn1)
         out = conv_bn(out, self.conv2, bn2)
-        return self._tail(self.conv3(out), bn3, x, se)
+        return residual_tail(self.conv3(out), bn3, x, self.downsample, se)
 
     def forward_eager(self, x: Tensor) -> Tensor:
         """torchvision's Bottleneck.forward (timm's with SE): module by module."""

@@ -122,7 +122,7 @@ class ResNetV2(nn.Module):
 
     def forward_features(self, x: Tensor) -> Tensor:
         """The last feature map after the final norm + ReLU (as timm's forward_features)."""
-        check_input(type(self).__name__, x, self.stem.conv.in_channels, self._norm_sizes)
+        check_input(self, x, self.stem.conv.in_channels, self._norm_sizes)
         x = self.stages(self.stem(x))
         norm = norm_args(self.norm)
         if norm is None or hooked(self.norm):

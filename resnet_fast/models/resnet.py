@@ -108,7 +108,8 @@ class ResNet(nn.Module):
 
     def _stem(self, x: Tensor) -> Tensor:
         bn = norm_args(self.bn1)
-        if bn is not None and fusable_conv(self.conv1) and not hooked(self.conv1, self.bn1, self.relu):
+        if (bn is not None and fusable_conv(self.conv1) and type(self.relu) is nn.ReLU
+                and not hooked(self.conv1, self.bn1, self.relu)):
             x = conv_bn(x, self.conv1, bn)
         else:
             x = self.relu(self.bn1(self.conv1(x)))
@@ -116,7 +117,7 @@ class ResNet(nn.Module):
 
     def forward_features(self, x: Tensor) -> Tensor:
         """The last feature map (N, num_features, H/32, W/32), for backbone use."""
-        check_input(type(self).__name__, x, self.conv1.in_channels, self._norm_sizes)
+        check_input(self, x, self.conv1.in_channels, self._norm_sizes)
         x = self._stem(x)
         x = self.layer1(x)
         x = self.layer2(x)
