@@ -1,9 +1,4 @@
-"""The one place the entry points build models: the package's zoo, else torchvision's builders.
-
-``resnet_fast.get_model`` / ``resnet_fast.list_models`` (the fused model zoo) are used
-when the package has them; until then torchvision's ResNet family stands in, with the
-same builder names, signatures and state_dict keys.
-"""
+"""The one place the entry points build models: the package's fused model zoo."""
 from __future__ import annotations
 
 import difflib
@@ -15,20 +10,9 @@ import resnet_fast
 
 from . import UsageError
 
-_TORCHVISION_FAMILY = ("resnet", "resnext", "wide_resnet")
-
-
-def _zoo_has_models() -> bool:
-    return hasattr(resnet_fast, "get_model") and hasattr(resnet_fast, "list_models")
-
-
 def available_archs() -> list[str]:
     """Names ``--arch`` accepts."""
-    if _zoo_has_models():
-        return sorted(resnet_fast.list_models())
-    from torchvision import models
-
-    return sorted(name for name in models.list_models(module=models) if name.startswith(_TORCHVISION_FAMILY))
+    return sorted(resnet_fast.list_models())
 
 
 def check_arch(arch: str) -> None:
@@ -47,11 +31,7 @@ def build_model(arch: str, num_classes: int, *, zero_init_residual: bool = False
     """
     check_arch(arch)
     kwargs = {"zero_init_residual": True} if zero_init_residual else {}
-    if _zoo_has_models():
-        return resnet_fast.get_model(arch, num_classes=num_classes, **kwargs)
-    from torchvision import models
-
-    return models.get_model(arch, weights=None, num_classes=num_classes, **kwargs)
+    return resnet_fast.get_model(arch, num_classes=num_classes, **kwargs)
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -60,18 +40,8 @@ def unwrap(model: nn.Module) -> nn.Module:
 
 
 def for_inference(model: nn.Module) -> nn.Module:
-    """``model`` in eval mode with BatchNorm folded into the preceding convolutions.
-
-    The fused models fold BN inside their ops in eval mode; an eager model (torchvision's)
-    is folded here by torch.fx's Conv-BN fusion. A model fx cannot trace runs unfolded.
-    """
-    model = model.eval()
-    try:
-        from torch.fx.experimental.optimization import fuse
-
-        return fuse(model)
-    except Exception:  # noqa: BLE001  (untraceable: the fused models, which fold by themselves)
-        return model
+    """``model`` in eval mode: the fused models then fold BatchNorm into their convolutions."""
+    return model.eval()
 
 
 @torch.no_grad()
