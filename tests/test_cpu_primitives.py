@@ -36,7 +36,7 @@ from resnet_fast import _extension
 from resnet_fast.ops import primitives as P
 
 pytestmark = pytest.mark.skipif(
-    not _extension.has_kernel("bn_stats", "CPU"),
+    not (_extension.load() and torch._C._dispatch_has_kernel_for_dispatch_key("resnet_fast::bn_stats", "CPU")),
     reason=f"the C++ CPU kernels are not built/loaded ({_extension.status.get('error')})")
 
 OPS = torch.ops.resnet_fast
