@@ -13,6 +13,7 @@ Order:
 """
 from __future__ import annotations
 
+import glob
 import hashlib
 import os
 import sys
@@ -40,8 +41,12 @@ def _source_root() -> str | None:
 
 def _cache_dir(sources: list[str], with_cuda: bool) -> str:
     digest = hashlib.sha256()
-    for path in sources:
-        digest.update(os.path.basename(path).encode())
+    # The headers too: most of the kernel code lives in them (csrc/cpu/*_kernel.h, csrc/cuda/*.cuh).
+    root = os.path.dirname(next(os.path.abspath(s) for s in sources if os.path.basename(s) == "ops.cpp"))  # csrc/
+    headers = sorted(glob.glob(os.path.join(root, "**", "*.h"), recursive=True)
+                     + glob.glob(os.path.join(root, "**", "*.cuh"), recursive=True))
+    for path in list(sources) + headers:
+        digest.update(os.path.relpath(path, root).encode())
         with open(path, "rb") as f:
             digest.update(f.read())
     tag = f"torch{torch.__version__.replace('+', '_')}-{'cuda' if with_cuda else 'cpu'}-{digest.hexdigest()[:16]}"

@@ -9,8 +9,10 @@
 // Chunk moments merge into per-(n, c) moments with Chan's formula, in double, in order.
 //
 // Loop shapes. NCHW: tasks are runs of (n, c) planes, vectorized along HW, a plane's chunks
-// in order. NHWC: fixed blocks of >= 64 rows run in parallel, vectorized along C with
-// per-channel sums in small L1 arrays; a sample's blocks are merged in order afterwards.
+// in order. NHWC: fixed blocks of >= 64 rows run in parallel, vectorized along C; a chunk's
+// pass 1 adds its rows into per-channel sums (a small L1 array), pass 2 walks the cached
+// chunk one channel vector at a time with the sums in registers; a sample's blocks are
+// merged in order afterwards.
 // Bytes: y read once; NHWC also writes and reads back 2 doubles per channel per block
 // (<= 1/16 of a float y).
 #pragma once

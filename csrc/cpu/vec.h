@@ -141,8 +141,9 @@ struct RowCoef {
 
 // ----------------------------------------------------------------------------- pre-activation
 // z = y * scale[n,c] + shift[n,c] + R, R = residual * res_scale[c] + res_shift[c] | residual | 0,
-// in acc precision and in the reference's order of operations. No fused multiply-add: the
-// AVX2 build does not enable FMA, so float results round like torch's elementwise ops.
+// in acc precision and in the reference's order of operations. No fused multiply-add (the
+// x86-64 baseline has none and the AVX2 build leaves FMA off), so results round exactly like
+// torch's elementwise ops; a compiler that contracts a * b + c (aarch64) rounds once less.
 template <typename scalar_t>
 struct PreActivation {
   using acc = acc_t<scalar_t>;
