@@ -97,3 +97,20 @@ def test_compile_inductor_squeeze_excite(op_backend):
 
     expected = tail(y, [t.clone() for t in bn], [t.clone() for t in id_bn])
     torch.testing.assert_close(torch.compile(tail, fullgraph=True)(y, bn, id_bn), expected)
+
+
+def test_compile_fullgraph_whole_model(op_backend):
+    """A fused model is one graph under torch.compile, and computes what it computes eagerly."""
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    model = resnet_fast.resnet18(num_classes=5).train()
+    eager_model = resnet_fast.resnet18(num_classes=5).train()
+    eager_model.load_state_dict(model.state_dict())
+    x = torch.randn(2, 3, 32, 32)
+    out = torch.compile(model, fullgraph=True, backend="aot_eager")(x)
+    expected = eager_model(x)
+    torch.testing.assert_close(out, expected)
+    out.square().sum().backward()
+    expected.square().sum().backward()
+    torch.testing.assert_close(model.conv1.weight.grad, eager_model.conv1.weight.grad)
+    torch.testing.assert_close(model.layer4[1].bn2.running_var, eager_model.layer4[1].bn2.running_var)
