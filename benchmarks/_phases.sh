@@ -1,7 +1,16 @@
 # Shared by gpu_run.sh and cpu_run.sh (sourced, not run): time-boxed phases and benchmark runs.
 #
-# Expects: OUT (absolute output folder), PY (python), BUDGET_S (seconds for the whole run),
+# Sourced with the script's arguments: sets OUT (absolute output folder, from $1 or
+# RESNET_FAST_BENCH_OUT) and PY (python). Expects: BUDGET_S (seconds for the whole run),
 # RESERVE_S (seconds kept for the summary at the end), PHASES (benchmark phases to run).
+
+OUT=${1:-${RESNET_FAST_BENCH_OUT:-}}
+if [[ -z "$OUT" ]]; then
+    echo "usage: $0 OUTDIR   (or set RESNET_FAST_BENCH_OUT)" >&2
+    exit 2
+fi
+mkdir -p "$OUT" && OUT=$(cd "$OUT" && pwd)
+PY=${PYTHON:-python3}
 
 START_S=$(date +%s)
 FAILED=0

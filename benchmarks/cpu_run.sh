@@ -17,17 +17,10 @@
 set -u -o pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-OUT=${1:-${RESNET_FAST_BENCH_OUT:-}}
-if [[ -z "$OUT" ]]; then
-    echo "usage: $0 OUTDIR   (or set RESNET_FAST_BENCH_OUT)" >&2
-    exit 2
-fi
-mkdir -p "$OUT" && OUT=$(cd "$OUT" && pwd)
-PY=${PYTHON:-python3}
 BUDGET_S=${RESNET_FAST_BENCH_BUDGET_S:-900}
 RESERVE_S=30
 PHASES=${PHASES:-ops models models_compile ops_compile}
-source "$REPO/benchmarks/_phases.sh"
+source "$REPO/benchmarks/_phases.sh" "$@"
 
 cd "$REPO" || exit 1
 export PYTHONUNBUFFERED=1
