@@ -24,8 +24,8 @@ import pytest
 import torch
 
 import resnet_fast  # noqa: F401  (registers torch.ops.resnet_fast)
+from resnet_fast import _extension
 from resnet_fast.ops import primitives as P
-from test_cuda_build import compiled_with_cuda
 
 pytestmark = [
     pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
@@ -42,7 +42,7 @@ SHAPES = ODD_SHAPES + RESNET_SHAPES
 
 
 def _ops():
-    if not compiled_with_cuda():  # else torch.ops would run the reference itself
+    if not _extension.has_cuda_kernels():  # else torch.ops would run the reference itself
         pytest.skip("the extension was built without its CUDA kernels")
     return torch.ops.resnet_fast
 
