@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import glob
 import hashlib
+import logging
 import os
 import sys
 import warnings
@@ -62,7 +63,15 @@ def _jit_build() -> str:
     with_cuda, _ = _build_config.cuda_build_status()
     with_cuda = with_cuda and torch.cuda.is_available()
     _build_config.prepare_cuda_environment()
-    from torch.utils import cpp_extension
+    # Importing cpp_extension on a machine without a GPU logs "No CUDA runtime is found": true,
+    # and irrelevant to a CPU-only build, and it would be the user's first line of output.
+    cpp_logger = logging.getLogger("torch.utils.cpp_extension")
+    level = cpp_logger.level
+    cpp_logger.setLevel(logging.ERROR)
+    try:
+        from torch.utils import cpp_extension
+    finally:
+        cpp_logger.setLevel(level)
 
     sources, kwargs, with_cuda, _ = _build_config.extension_sources(root, with_cuda)
     build_dir = _cache_dir(sources, with_cuda)

@@ -14,6 +14,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def leave_group() -> None:
+    """Leave the process group so that the process exits cleanly; see distributed.teardown."""
+    from resnet_fast.training import distributed
+
+    distributed.teardown()
+
+
 def _entry(rank: int, world: int, port: int, fn, args) -> None:
     import torch
 

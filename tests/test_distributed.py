@@ -25,7 +25,11 @@ OP_TOL = dict(rtol=1e-5, atol=1e-6)
 # Models run in float64: at 32x32 the last stage batch-normalizes 8 values per channel, whose
 # tiny variances amplify float32 rounding past any useful tolerance; in float64 only a bug does.
 MODEL_TOL = dict(rtol=1e-7, atol=1e-9)
-# The entry point trains in float32 (two SGD steps): rounding, amplified as above.
+# The entry point trains in float32 (two SGD steps): rounding, amplified as above. It runs the
+# reference backend: the stem's ReLU makes many exact zeros that max-pool then ties, so a
+# different summation order (the C++ kernels') flips a few ties and moves conv1's gradient by
+# ~1e-3 whatever the process count; one backend in both runs isolates what this test is about,
+# the sampler, DDP and SyncBN plumbing (the kernels' SyncBN is checked above, in float64).
 CLI_TOL = dict(rtol=1e-4, atol=1e-5)
 
 
@@ -57,7 +61,7 @@ def _op_worker(rank, world, split, out_dir):
     lo, hi = split[rank], split[rank + 1]
     result = _bn_relu_step(x[lo:hi], weight, bias, grad_out[lo:hi], dist.group.WORLD.group_name)
     torch.save(result, os.path.join(out_dir, f"rank{rank}.pt"))
-    dist.destroy_process_group()
+    _spawn.leave_group()
 
 
 @pytest.mark.parametrize("split", [(0, 4, 8), (0, 3, 8)], ids=["halves", "3+5"])
@@ -110,7 +114,7 @@ def _model_worker(rank, world, arch, out_dir):
     half = slice(rank * 4, rank * 4 + 4)
     F.cross_entropy(model(images[half]), labels[half]).backward()
     torch.save(_model_state(model.module), os.path.join(out_dir, f"rank{rank}.pt"))
-    dist.destroy_process_group()
+    _spawn.leave_group()
 
 
 @pytest.mark.parametrize("arch", _archs())
@@ -131,7 +135,7 @@ def test_sync_bn_model_matches_whole_batch(tmp_path, arch):
 def _cli_args(batch_size, out_dir):
     return ["--data", "synthetic", "--image-size", "32", "--num-classes", "10", "--synthetic-images", "64",
             "--batch-size", str(batch_size), "--epochs", "1", "--limit-batches", "2", "--lr", "0.1",
-            "--sync-bn", "--no-progress", "--device", "cpu", "--output-dir", out_dir]
+            "--sync-bn", "--no-progress", "--device", "cpu", "--backend", "reference", "--output-dir", out_dir]
 
 
 def _cli_worker(rank, world, out_dir):

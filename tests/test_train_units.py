@@ -116,16 +116,22 @@ def test_mismatched_checkpoint(tmp_path):
         load_weights(build_model("resnet18", num_classes=5), loaded["model"], "x")
 
 
-def test_for_inference_folds_bn_and_keeps_outputs():
+def test_for_inference_is_eval_mode_with_the_same_outputs():
+    """The fused blocks fold BatchNorm into their convolutions themselves in eval mode without
+    autograd, so inference needs no module surgery: the model keeps its state_dict keys."""
     torch.manual_seed(0)
     model = build_model("resnet18", num_classes=10)
     model.train()
     model(torch.randn(8, 3, 32, 32))  # non-trivial running statistics
+    keys = list(model.state_dict())
     x = torch.randn(2, 3, 32, 32)
-    expected = model.eval()(x)
+    expected = model.eval()(x).detach()
+    model.train()
     folded = for_inference(model)
-    assert not any(isinstance(m, nn.BatchNorm2d) for m in folded.modules())
-    torch.testing.assert_close(folded(x), expected, rtol=1e-4, atol=1e-4)
+    assert not any(m.training for m in folded.modules())
+    assert list(folded.state_dict()) == keys
+    with torch.no_grad():
+        torch.testing.assert_close(folded(x), expected, rtol=1e-4, atol=1e-4)
 
 
 # ----------------------------------------------------------------------------- data
