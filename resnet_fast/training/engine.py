@@ -4,6 +4,7 @@ from __future__ import annotations
 import itertools
 import math
 import time
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -53,7 +54,12 @@ def train_one_epoch(model: nn.Module, loader, criterion, optimizer, scheduler, s
         scaler.step(optimizer)
         scaler.update()
         lrs.append(optimizer.param_groups[0]["lr"])
-        scheduler.step()
+        with warnings.catch_warnings():
+            # An fp16 step skipped by the GradScaler (inf/NaN gradients) makes torch warn that the
+            # scheduler stepped before the optimizer: on purpose, the schedule counts batches.
+            warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step",
+                                    category=UserWarning)
+            scheduler.step()
         losses.append(loss.detach())
         correct += (logits.argmax(1) == labels).sum()
         seen += len(labels)
