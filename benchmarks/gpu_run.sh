@@ -5,7 +5,9 @@
 #   1. pip install --no-build-isolation .  (the C++/CUDA extension, built against this torch)
 #   2. python -m resnet_fast.info, and which resnet_fast is imported, with its extension status
 #   3. the GPU test suite: pytest tests -m "not slow" -x -q        -> OUTDIR/tests.log
-#   4. benchmarks, op level then model level, eager and resnet_fast first, then torch.compile
+#   4. per-primitive bandwidth of the cuda and triton kernels -> OUTDIR/primitive_bandwidth.json
+#      and OUTDIR/backend_table.json (the auto backend's choice; copy it to resnet_fast/ to ship);
+#      benchmarks, op level then model level, eager and resnet_fast first, then torch.compile
 #      (resnet50 default, op-level default, resnet50 max-autotune-no-cudagraphs), each phase
 #      time-boxed so the whole script ends within RESNET_FAST_BENCH_BUDGET_S (default 570 s)
 #   5. python benchmarks/summarize.py -> OUTDIR/summary.md, summary.png, results.json
@@ -13,14 +15,15 @@
 # benchmark or the summary failed; whatever was produced is kept either way.
 #
 # Environment: PYTHON (default python3), MAX_JOBS (default: all cores), PHASES (benchmark
-# phases to run, default all: ops models models_compile ops_compile models_compile_max),
+# phases to run, default: primitives ops models models_compile ops_compile models_compile_max;
+# add "sanitizer" for compute-sanitizer memcheck on the CUDA primitive tests),
 # RESNET_FAST_BENCH_BUDGET_S, and the RESNET_FAST_BENCH_* knobs of benchmarks/bench_config.py.
 set -u -o pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 BUDGET_S=${RESNET_FAST_BENCH_BUDGET_S:-570}
 RESERVE_S=30
-PHASES=${PHASES:-ops models models_compile ops_compile models_compile_max}
+PHASES=${PHASES:-primitives ops models models_compile ops_compile models_compile_max}
 source "$REPO/benchmarks/_phases.sh" "$@"
 
 export PYTHONUNBUFFERED=1
@@ -64,11 +67,23 @@ fi
 # ---------------------------------------------------------------------------- 4. benchmarks
 # Most important first; every phase writes its own JSON, so a phase cut short by the budget
 # loses only itself (and keeps what finished: SIGTERM ends pytest like Ctrl-C).
+# primitives: per-primitive GB/s of cuda and triton vs copy bandwidth, and the auto backend's
+# table (copy $OUT/backend_table.json to resnet_fast/ to ship it).
+if [[ " $PHASES " == *" primitives "* ]]; then
+    phase primitives 120 "$OUT/run.log" "$PY" benchmarks/primitive_bandwidth.py "$OUT/primitive_bandwidth.json" \
+        --quick --no-compile --backend-table "$OUT/backend_table.json" || { FAILED=1; log "FAIL primitives"; }
+fi
 bench ops 120 benchmarks/test_ops.py -k "not compile"
 bench models 150 benchmarks/test_models.py -k "not compile"
 bench models_compile 150 benchmarks/test_models.py -k "compile and not compile_max"
 bench ops_compile 120 benchmarks/test_ops.py -k "compile"
 bench models_compile_max 240 benchmarks/test_models.py -k "compile_max"
+
+# sanitizer (not in the default PHASES: minutes): compute-sanitizer memcheck on the CUDA primitive tests.
+if [[ " $PHASES " == *" sanitizer "* ]]; then
+    phase sanitizer 300 "$OUT/sanitizer.log" compute-sanitizer --tool memcheck --error-exitcode 1 \
+        "$PY" -m pytest tests/test_cuda_primitives.py -x -q -p no:cacheprovider || { FAILED=1; log "FAIL sanitizer"; }
+fi
 
 # ---------------------------------------------------------------------------- 5. summary
 RESERVE_S=0

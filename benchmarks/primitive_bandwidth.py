@@ -1,18 +1,23 @@
-"""Bandwidth of the Triton primitives at ResNet-50 batch-256 shapes (bf16, channels_last) on one GPU.
+"""Bandwidth of the kernel primitives at ResNet-50 batch-256 shapes (bf16, channels_last) on one GPU.
 
 For every BatchNorm shape of ResNet-50 and every primitive, times (median, L2 flushed,
-triton.testing.do_bench) the Triton kernels, the eager torch reference
-(resnet_fast/ops/primitives.py) and torch.compile of that reference, and reports GB/s
-counting the bytes each must move at least (every tensor argument read once, every
-output written once), next to the device's copy bandwidth (y.clone()) at the same size.
+triton.testing.do_bench) the Triton kernels, the CUDA kernels (when the installed
+extension has them), the eager torch reference (resnet_fast/ops/primitives.py) and
+torch.compile of that reference, and reports GB/s counting the bytes each must move at
+least (every tensor argument read once, every output written once), next to the
+device's copy bandwidth (y.clone()) at the same size.
 
-    python benchmarks/triton_bandwidth.py results.json [--batch 256] [--no-compile] [--quick]
+    python benchmarks/primitive_bandwidth.py results.json [--batch 256] [--no-compile] [--quick]
+        [--backend-table resnet_fast/backend_table.json]
 
-Without a CUDA device it says so and exits with status 0.
+--backend-table writes the table the "auto" backend reads: per primitive, whichever of
+cuda / triton took less time summed over the shapes (ship it by copying it into the
+package source before building). Without a CUDA device it says so and exits with status 0.
 """
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import os
 import platform
@@ -71,20 +76,26 @@ def main() -> int:
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--no-compile", action="store_true", help="skip torch.compile of the reference")
     parser.add_argument("--quick", action="store_true", help="one shape per stage instead of all")
+    parser.add_argument("--backend-table", metavar="PATH", help="write the auto backend's per-primitive choice")
     args = parser.parse_args()
 
     if not torch.cuda.is_available():
-        print("triton_bandwidth: no CUDA device, nothing to measure (the benchmark needs a GPU)")
+        print("primitive_bandwidth: no CUDA device, nothing to measure (the benchmark needs a GPU)")
         return 0
     if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
-        print("triton_bandwidth: TRITON_INTERPRET is set; unset it to time the compiled kernels")
+        print("primitive_bandwidth: TRITON_INTERPRET is set; unset it to time the compiled kernels")
         return 0
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     import triton
     from triton.testing import do_bench
 
+    from resnet_fast import _extension
     from resnet_fast.kernels import triton as kernels
     from resnet_fast.ops import primitives as reference
+
+    # Timed under the primitive's own name: triton, cuda when built, eager; compile separately.
+    backends = ["triton"] + (["cuda"] if _extension.has_cuda_kernels() else [])
+    print(f"primitive_bandwidth: timing {', '.join(backends)}, eager"
+          + ("" if args.no_compile else ", torch.compile") + f" on {torch.cuda.get_device_name()}")
 
     def bench(fn) -> float:
         fn()  # autotune / compile outside the timing
@@ -94,9 +105,9 @@ def main() -> int:
     dtype = torch.bfloat16
     compiled = {}
     results = []
-    header = f"{'shape':>22} {'primitive':<34} {'MB':>8} {'triton GB/s':>12} {'eager GB/s':>11} {'compile GB/s':>13} " \
-             f"{'copy GB/s':>10} {'triton/copy':>11}"
-    print(header)
+    labels = backends + ["eager"] + ([] if args.no_compile else ["compile"])
+    print(f"{'shape':>22} {'primitive':<34} {'MB':>8} " + " ".join(f"{label + ' GB/s':>13}" for label in labels)
+          + f" {'copy GB/s':>10} {'best/copy':>9}")
     for c, h in (QUICK_SHAPES if args.quick else RESNET50_SHAPES):
         shape = (args.batch, c, h, h)
         torch.cuda.empty_cache()
@@ -106,10 +117,12 @@ def main() -> int:
         copy_gbps = 2 * tensor_bytes([y]) / copy_ms / 1e6
         for name, call_args in all_cases:
             op = name.split("+")[0]
-            triton_fn, eager_fn = getattr(kernels, op), reference.PRIMITIVES[op]
-            nbytes = tensor_bytes(call_args) + tensor_bytes(triton_fn(*call_args))
+            eager_fn = reference.PRIMITIVES[op]
+            fns = {"triton": getattr(kernels, op), "cuda": getattr(torch.ops.resnet_fast, op), "eager": eager_fn}
+            nbytes = tensor_bytes(call_args) + tensor_bytes(eager_fn(*call_args))
             row = dict(shape=list(shape), primitive=name, bytes=nbytes, copy_ms=copy_ms, copy_GBps=copy_gbps)
-            for label, fn in (("triton", triton_fn), ("eager", eager_fn)):
+            for label in backends + ["eager"]:
+                fn = fns[label]
                 ms = bench(lambda: fn(*call_args))
                 row[f"{label}_ms"], row[f"{label}_GBps"] = ms, nbytes / ms / 1e6
             if not args.no_compile:
@@ -118,9 +131,10 @@ def main() -> int:
                 ms = bench(lambda: compiled[op](*call_args))
                 row["compile_ms"], row["compile_GBps"] = ms, nbytes / ms / 1e6
             results.append(row)
-            print(f"{str(shape):>22} {name:<34} {nbytes / 1e6:8.1f} {row['triton_GBps']:12.0f} "
-                  f"{row['eager_GBps']:11.0f} {row.get('compile_GBps', float('nan')):13.0f} {copy_gbps:10.0f} "
-                  f"{row['triton_GBps'] / copy_gbps:11.2f}")
+            best = max(row[f"{label}_GBps"] for label in backends)
+            print(f"{str(shape):>22} {name:<34} {nbytes / 1e6:8.1f} "
+                  + " ".join(f"{row[label + '_GBps']:13.0f}" for label in labels)
+                  + f" {copy_gbps:10.0f} {best / copy_gbps:9.2f}")
         del all_cases, y
 
     summary = {
@@ -138,7 +152,28 @@ def main() -> int:
     with open(args.output, "w") as f:
         json.dump(summary, f, indent=2)
     print(f"wrote {args.output}")
+    if args.backend_table:
+        write_backend_table(args.backend_table, summary, backends)
     return 0
+
+
+def write_backend_table(path: str, summary: dict, backends: list[str]) -> None:
+    """{"choice": {primitive: backend}} with the backend of least total time over the shapes."""
+    totals: dict[str, dict[str, float]] = {}
+    for row in summary["results"]:
+        op = row["primitive"].split("+")[0]
+        for label in backends:
+            totals.setdefault(op, {}).setdefault(label, 0.0)
+            totals[op][label] += row[f"{label}_ms"]
+    table = {
+        "choice": {op: min(times, key=times.get) for op, times in sorted(totals.items())},
+        "total_ms": totals,
+        "measured": {k: summary[k] for k in ("device", "torch", "triton", "dtype", "memory_format", "batch")}
+                    | {"date": datetime.date.today().isoformat(), "command": " ".join(sys.argv)},
+    }
+    with open(path, "w") as f:
+        json.dump(table, f, indent=2)
+    print(f"wrote {path}: {table['choice']}")
 
 
 if __name__ == "__main__":
