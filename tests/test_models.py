@@ -273,3 +273,30 @@ def test_batch_of_one_in_training_is_refused_before_any_update():
     # In eval mode a batch of one is fine; with 64x64 input the last map is 2x2, fine in training too.
     ours.eval()(x)
     ours.train()(make_input((1, 3, 64, 64)))
+
+
+def _saved_activation_bytes(model: nn.Module, x: torch.Tensor) -> int:
+    """Bytes of the unique storages autograd keeps for backward, parameters and buffers excluded."""
+    own = {t.untyped_storage().data_ptr() for t in (*model.parameters(), *model.buffers())}
+    storages = {}
+
+    def pack(t):
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in own:
+            storages[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        model(x)
+    return sum(storages.values())
+
+
+@pytest.mark.parametrize("name, bound", [("resnet50", 0.86), ("resnet18", 0.87)])
+def test_training_keeps_fewer_activations_than_torchvision(name, bound):
+    """In training each convolution after a BN-ReLU recomputes its input in backward (bn_relu_conv):
+    a block keeps its input and its convolutions' raw outputs only. Measured 0.845 (resnet50) and
+    0.861 (resnet18) of torchvision's bytes; what remains is dominated by the block inputs and the
+    last convolution's output, which the residual tail needs."""
+    ours, ref = (m.float().train().to(memory_format=torch.channels_last) for m in pair(name))
+    x = make_input((2, 3, 64, 64)).float().contiguous(memory_format=torch.channels_last)
+    assert _saved_activation_bytes(ours, x) <= bound * _saved_activation_bytes(ref, x)

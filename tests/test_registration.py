@@ -6,7 +6,7 @@ import resnet_fast  # noqa: F401  (registers the ops)
 from op_testing import bn_state
 from resnet_fast import ops
 
-FUSED_OPS = ("conv_bn_relu", "bn_add_relu", "squeeze_excite", "bn_relu")
+FUSED_OPS = ("conv_bn_relu", "bn_relu_conv", "bn_add_relu", "squeeze_excite", "bn_relu")
 PRIMITIVES = ("bn_stats", "scale_shift_act", "scale_shift_act_backward_reduce", "scale_shift_act_backward_apply")
 
 
@@ -24,6 +24,7 @@ def op_samples(fmt):
     x = torch.randn(2, 4, 6, 5).contiguous(memory_format=fmt)
     y = torch.randn(2, 8, 6, 5).contiguous(memory_format=fmt)
     w = torch.randn(8, 4, 3, 3)
+    w2 = torch.randn(6, 4, 3, 1)  # groups=2 over y's 8 channels
     se = [torch.randn(2, 8, 1, 1), torch.randn(2), torch.randn(8, 2, 1, 1), torch.randn(8)]
     samples = []
     for use_batch_stats in (True, False):
@@ -32,6 +33,8 @@ def op_samples(fmt):
                                          [1, 1], [1, 1], 1, use_batch_stats, False, 1e-5, True, "")))
         samples.append(("bn_relu", (_leaf(y), _leaf(bn[0]), _leaf(bn[1]), bn[2], bn[3], use_batch_stats, 1e-5,
                                     True, "")))
+        samples.append(("bn_relu_conv", (_leaf(y), _leaf(bn[0]), _leaf(bn[1]), bn[2], bn[3], _leaf(w2), [2, 1],
+                                         [1, 0], [1, 1], 2, use_batch_stats, 1e-5, "")))
         tail = (_leaf(y), _leaf(bn[0]), _leaf(bn[1]), bn[2], bn[3], _leaf(y * 0.5), True, _leaf(id_bn[0]),
                 _leaf(id_bn[1]), id_bn[2], id_bn[3])
         samples.append(("bn_add_relu", tail + (use_batch_stats, 1e-5, True, "")))
@@ -61,10 +64,11 @@ def test_opcheck_primitives(op_backend):
                           (y, y, *nc, r, None, None, True, *nc, c[0], c[1], c[0], c[1], c[2], c[2]))
 
 
-def _block(x, w, bn1, bn2, training):
-    """conv-bn-relu then a bottleneck-style tail: what a ResNet block does with these ops."""
+def _block(x, w, bn1, bn2, bn3, training):
+    """conv-bn-relu, bn-relu-conv, then a bottleneck-style tail: what a ResNet block does with these ops."""
     h = ops.conv_bn_relu(x, w, *bn1, padding=1, training=training)
-    return ops.bn_add_relu(h, *bn2, h.detach() * 0.5, training=training)
+    h = ops.bn_relu_conv(h, *bn2, torch.cat([w, w], 1), padding=1, training=training)
+    return ops.bn_add_relu(h, *bn3, h.detach() * 0.5, training=training)
 
 
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
@@ -72,13 +76,13 @@ def test_compile_fullgraph(op_backend, training):
     torch._dynamo.reset()
     x = torch.randn(2, 4, 6, 6, requires_grad=True)
     w = torch.randn(8, 4, 3, 3, requires_grad=True)
-    bn1, bn2 = _bn(8), _bn(8)
-    bn1_eager, bn2_eager = [t.clone() for t in bn1], [t.clone() for t in bn2]
+    bns = [_bn(8), _bn(8), _bn(8)]
+    bns_eager = [[t.clone() for t in bn] for bn in bns]
     compiled = torch.compile(_block, fullgraph=True, backend="aot_eager")
-    out = compiled(x, w, bn1, bn2, training)
-    expected = _block(x, w, bn1_eager, bn2_eager, training)
+    out = compiled(x, w, *bns, training)
+    expected = _block(x, w, *bns_eager, training)
     torch.testing.assert_close(out, expected)
-    for got, want in zip(bn1 + bn2, bn1_eager + bn2_eager):  # running statistics mutated alike
+    for got, want in zip(sum(bns, []), sum(bns_eager, [])):  # running statistics mutated alike
         torch.testing.assert_close(got, want)
     (gx, gw), (ex, ew) = torch.autograd.grad(out.sum(), (x, w)), torch.autograd.grad(expected.sum(), (x, w))
     torch.testing.assert_close(gx, ex)

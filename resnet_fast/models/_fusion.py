@@ -131,6 +131,20 @@ def conv_bn(x: Tensor, conv: nn.Conv2d, bn: NormArgs, relu: bool = True) -> Tens
                             dilation=conv.dilation, groups=conv.groups, relu=relu, **bn.kwargs)
 
 
+def bn_relu_conv(y: Tensor, bn: NormArgs, conv: nn.Conv2d) -> Tensor:
+    """conv(relu(bn(y))) through the fused op, which keeps y for backward and not the convolution's
+    input (``fusable_conv(conv)`` must hold)."""
+    return ops.bn_relu_conv(y, *bn.tensors, conv.weight, stride=conv.stride, padding=conv.padding,
+                            dilation=conv.dilation, groups=conv.groups, **bn.kwargs)
+
+
+def recompute_conv_inputs() -> bool:
+    """Whether blocks should chain conv -> bn_relu_conv (saving only raw convolution outputs for
+    backward) rather than conv_bn_relu -> conv (whose eval path folds BN into the weights): when
+    autograd records, i.e. when saved activations cost memory."""
+    return torch.is_grad_enabled()
+
+
 def downsample_parts(downsample: Optional[nn.Module]):
     """(conv, NormArgs) of a torchvision-style ``Sequential(conv, bn)`` downsample, else None."""
     if isinstance(downsample, nn.Sequential) and len(downsample) == 2 and isinstance(downsample[0], nn.Conv2d):

@@ -23,7 +23,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import ops
-from ._fusion import conv_bn, downsample_parts, fusable_conv, has_hooks, norm_args, residual_tail
+from ._fusion import (bn_relu_conv, conv_bn, downsample_parts, fusable_conv, has_hooks, norm_args,
+                      recompute_conv_inputs, residual_tail)
 
 Tensor = torch.Tensor
 
@@ -165,6 +166,8 @@ class BasicBlock(_ResidualBlock):
         if fused is None:
             return self.forward_eager(x)
         (bn1, bn2), se = fused
+        if recompute_conv_inputs() and fusable_conv(self.conv2):
+            return residual_tail(bn_relu_conv(self.conv1(x), bn1, self.conv2), bn2, x, self.downsample, se)
         out = conv_bn(x, self.conv1, bn1)
         return residual_tail(self.conv2(out), bn2, x, self.downsample, se)
 
@@ -212,6 +215,11 @@ class Bottleneck(_ResidualBlock):
         if fused is None:
             return self.forward_eager(x)
         (bn1, bn2, bn3), se = fused
+        if recompute_conv_inputs() and fusable_conv(self.conv3):
+            # Autograd keeps x and the three raw convolution outputs; relu(bn(.)) is recomputed.
+            out = bn_relu_conv(self.conv1(x), bn1, self.conv2)
+            out = bn_relu_conv(out, bn2, self.conv3)
+            return residual_tail(out, bn3, x, self.downsample, se)
         out = conv_bn(x, self.conv1, bn1)
         out = conv_bn(out, self.conv2, bn2)
         return residual_tail(self.conv3(out), bn3, x, self.downsample, se)

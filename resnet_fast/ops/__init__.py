@@ -6,7 +6,8 @@ Semantics: ../DESIGN.md section 2. The eager compositions they equal are in
 from . import _registration  # noqa: F401  (the kernel primitives first: the ops call them)
 from .bn_add_relu import bn_add_relu
 from .bn_relu import bn_relu
+from .bn_relu_conv import bn_relu_conv
 from .conv_bn_relu import conv_bn_relu
 from .squeeze_excite import squeeze_excite
 
-__all__ = ["conv_bn_relu", "bn_add_relu", "squeeze_excite", "bn_relu"]
+__all__ = ["conv_bn_relu", "bn_relu_conv", "bn_add_relu", "squeeze_excite", "bn_relu"]

@@ -49,6 +49,13 @@ def bn_relu(x, weight, bias, running_mean, running_var, *, training, momentum=0.
     return F.relu(out) if relu else out
 
 
+def bn_relu_conv(y, bn_weight, bn_bias, running_mean, running_var, weight, *, stride=1, padding=0, dilation=1,
+                 groups=1, training, momentum=0.1, eps=1e-5, num_batches_tracked=None, group_name=""):
+    a = F.relu(batch_norm(y, bn_weight, bn_bias, running_mean, running_var, training=training, momentum=momentum,
+                          eps=eps, num_batches_tracked=num_batches_tracked))
+    return F.conv2d(a, weight, None, stride, padding, dilation, groups)
+
+
 def bn_add_relu(y, weight, bias, running_mean, running_var, identity, *, training, momentum=0.1, eps=1e-5,
                 relu=True, num_batches_tracked=None, identity_bn: Optional[Sequence] = None, group_name=""):
     out = batch_norm(y, weight, bias, running_mean, running_var, training=training, momentum=momentum, eps=eps,
