@@ -264,11 +264,13 @@ class DownsampleConv(nn.Module):
 
 
 class _PreActBlock(nn.Module):
-    """timm's pre-activation blocks: x + convs(bn-relu ...), with bn_relu / conv_bn_relu fused ops.
+    """timm's pre-activation blocks: x + convs(bn-relu ...), on the fused ops.
 
     out = conv_last(relu(norm_k(... conv1(relu(norm1(x)))))) + shortcut, shortcut = x or
-    downsample(relu(norm1(x))). norm1 runs as ``bn_relu`` on the block input, each later
-    norm fuses with the conv before it (``conv_bn_relu``); the last conv and the add are plain.
+    downsample(relu(norm1(x))). Under autograd each norm fuses with the conv after it
+    (``bn_relu_conv``: only raw tensors are kept for backward); without, norm1 runs as
+    ``bn_relu`` on the block input and each later norm fuses with the conv before it
+    (``conv_bn_relu``, BN folded in eval). The add is plain.
     """
 
     def _convs_norms(self) -> tuple[list, list]:
@@ -279,6 +281,17 @@ class _PreActBlock(nn.Module):
         args = [norm_args(n) for n in norms]
         if any(a is None for a in args) or not all(fusable_conv(c) for c in convs[:-1]) or has_hooks(self):
             return self.forward_eager(x)
+        if recompute_conv_inputs() and fusable_conv(convs[-1]):
+            # Autograd keeps x and the raw convolution outputs; every relu(norm(.)) is recomputed,
+            # except the pre-activated input a projection shortcut consumes.
+            if self.downsample is None:
+                out, shortcut = bn_relu_conv(x, args[0], convs[0]), x
+            else:
+                x_preact = ops.bn_relu(x, *args[0].tensors, **args[0].kwargs)
+                out, shortcut = convs[0](x_preact), self.downsample(x_preact)
+            for conv, bn in zip(convs[1:], args[1:]):
+                out = bn_relu_conv(out, bn, conv)
+            return out + shortcut
         x_preact = ops.bn_relu(x, *args[0].tensors, **args[0].kwargs)
         shortcut = x if self.downsample is None else self.downsample(x_preact)
         out = x_preact
