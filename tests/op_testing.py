@@ -138,3 +138,27 @@ def bn_names(prefix=""):
     params = tuple(prefix + k for k in BN_PARAMS)
     buffers = tuple(prefix + k for k in BN_BUFFERS)
     return params, buffers, params + buffers[:2]
+
+
+def conv_master_inputs(case, input_name: str, bn_on_input: bool, seed: int = 0, scale: float = 1.0,
+                       shift: float = 0.0, **bn_kwargs) -> tuple[dict, dict]:
+    """(float64 master inputs, conv keyword arguments) of an op made of a convolution and a BN.
+
+    ``case``: (input shape, out channels, kernel, stride, padding, dilation, groups). The BN
+    normalizes the input's channels (``bn_on_input``: bn_relu_conv) or the conv's output
+    channels (conv_bn_relu); its tensors are named bn_weight, bn_bias, running_mean, ...
+    """
+    shape, cout, k, stride, padding, dilation, groups = case
+    g = torch.Generator().manual_seed(seed)
+    bn = bn_state(shape[1] if bn_on_input else cout, seed=seed, **bn_kwargs)
+    master = {input_name: torch.randn(shape, generator=g, dtype=torch.float64) * scale + shift,
+              "weight": torch.randn(cout, shape[1] // groups, k, k, generator=g, dtype=torch.float64) * 0.3,
+              "bn_weight": bn["weight"], "bn_bias": bn["bias"], "running_mean": bn["running_mean"],
+              "running_var": bn["running_var"], "num_batches_tracked": bn["num_batches_tracked"]}
+    return master, dict(stride=stride, padding=padding, dilation=dilation, groups=groups)
+
+
+def conv_bn_names(input_name: str) -> Names:
+    return Names(differentiable=(input_name, "weight", "bn_weight", "bn_bias"), activations=(input_name,),
+                 buffers=("running_mean", "running_var", "num_batches_tracked"),
+                 param_dtype_fixed=("bn_weight", "bn_bias", "running_mean", "running_var"))

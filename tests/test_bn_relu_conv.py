@@ -3,7 +3,7 @@ and what it saves for backward (y, not the convolution's input)."""
 import pytest
 import torch
 
-from op_testing import DTYPES, FORMATS, Names, bn_state, compare
+from op_testing import DTYPES, FORMATS, compare, conv_bn_names, conv_master_inputs
 from resnet_fast import ops
 from resnet_fast.ops import reference
 
@@ -15,20 +15,11 @@ CASES = {
     "expand_130": ((2, 16, 7, 7), 130, 1, 1, 0, 1, 1),
     "grouped_dilated": ((2, 8, 7, 6), 16, 3, 1, 2, 2, 4),
 }
-NAMES = Names(differentiable=("y", "weight", "bn_weight", "bn_bias"), activations=("y",),
-              buffers=("running_mean", "running_var", "num_batches_tracked"),
-              param_dtype_fixed=("bn_weight", "bn_bias", "running_mean", "running_var"))
+NAMES = conv_bn_names("y")
 
 
 def master_inputs(case, seed=0, **bn_kwargs):
-    shape, cout, k, stride, padding, dilation, groups = case
-    g = torch.Generator().manual_seed(seed)
-    bn = bn_state(shape[1], seed=seed, **bn_kwargs)
-    master = {"y": torch.randn(shape, generator=g, dtype=torch.float64) * 2 + 0.5,
-              "weight": torch.randn(cout, shape[1] // groups, k, k, generator=g, dtype=torch.float64) * 0.3,
-              "bn_weight": bn["weight"], "bn_bias": bn["bias"], "running_mean": bn["running_mean"],
-              "running_var": bn["running_var"], "num_batches_tracked": bn["num_batches_tracked"]}
-    return master, dict(stride=stride, padding=padding, dilation=dilation, groups=groups)
+    return conv_master_inputs(case, "y", bn_on_input=True, seed=seed, scale=2.0, shift=0.5, **bn_kwargs)
 
 
 def call(fn, conv, training, momentum=0.1):

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from op_testing import DTYPES, FORMATS, Names, bn_state, compare
+from op_testing import DTYPES, FORMATS, Names, compare, conv_bn_names, conv_master_inputs
 from resnet_fast import ops
 from resnet_fast.ops import reference
 
@@ -14,20 +14,11 @@ CASES = {
     "pointwise_130": ((2, 16, 7, 7), 130, 1, 1, 0, 1, 1),
     "grouped_dilated": ((2, 8, 7, 6), 16, 3, 1, 2, 2, 4),
 }
-NAMES = Names(differentiable=("x", "weight", "bn_weight", "bn_bias"), activations=("x",),
-              buffers=("running_mean", "running_var", "num_batches_tracked"),
-              param_dtype_fixed=("bn_weight", "bn_bias", "running_mean", "running_var"))
+NAMES = conv_bn_names("x")
 
 
 def master_inputs(case, seed=0, **bn_kwargs):
-    shape, cout, k, stride, padding, dilation, groups = case
-    g = torch.Generator().manual_seed(seed)
-    bn = bn_state(cout, seed=seed, **bn_kwargs)
-    master = {"x": torch.randn(shape, generator=g, dtype=torch.float64),
-              "weight": torch.randn(cout, shape[1] // groups, k, k, generator=g, dtype=torch.float64) * 0.3,
-              "bn_weight": bn["weight"], "bn_bias": bn["bias"], "running_mean": bn["running_mean"],
-              "running_var": bn["running_var"], "num_batches_tracked": bn["num_batches_tracked"]}
-    return master, dict(stride=stride, padding=padding, dilation=dilation, groups=groups)
+    return conv_master_inputs(case, "x", bn_on_input=False, seed=seed, **bn_kwargs)
 
 
 def call(fn, conv, training, relu=True, momentum=0.1):

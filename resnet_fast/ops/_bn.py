@@ -75,6 +75,22 @@ def check_channel_vector(op: str, name: str, t: Optional[Tensor], channels: int,
     require(t.is_floating_point(), lambda: f"{op}: {name} must be floating point, got {t.dtype}")
 
 
+def check_conv(op: str, name: str, x: Tensor, weight: Tensor, groups: int) -> None:
+    """The convolution weight's rank, channels (against ``x``, named ``name``) and device."""
+    require(weight.dim() == 4, lambda: f"{op}: expected a 4-D conv weight, got {weight.dim()}-D")
+    require(x.shape[1] == weight.shape[1] * groups,
+            lambda: f"{op}: {name} has {x.shape[1]} channels, the weight expects "
+                    f"{weight.shape[1] * groups} (weight {tuple(weight.shape)}, groups={groups})")
+    require(weight.device == x.device, lambda: f"{op}: weight is on {weight.device}, {name} on {x.device}")
+
+
+def check_conv_bn_vectors(op: str, params: "BNParams", channels: int, like: Tensor) -> None:
+    """The BN vectors of an op that also has a conv weight: its affine ones are named bn_weight, bn_bias."""
+    for name in ("weight", "bias", "running_mean", "running_var"):
+        check_channel_vector(op, "bn_" + name if "running" not in name else name, getattr(params, name), channels,
+                             like)
+
+
 def check_same_shape(op: str, name: str, t: Tensor, like: Tensor) -> None:
     require(t.shape == like.shape,
                  lambda: f"{op}: {name} has shape {tuple(t.shape)}, expected {tuple(like.shape)}")

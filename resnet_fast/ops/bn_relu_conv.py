@@ -95,16 +95,10 @@ def bn_relu_conv(y: Tensor, bn_weight: Optional[Tensor], bn_bias: Optional[Tenso
     autocast BN runs in y's dtype and the convolution in the autocast dtype, as eager's would.
     """
     _bn.check_activation("bn_relu_conv", "y", y)
-    _bn.require(weight.dim() == 4, lambda: f"bn_relu_conv: expected a 4-D conv weight, got {weight.dim()}-D")
-    _bn.require(y.shape[1] == weight.shape[1] * groups,
-                 lambda: f"bn_relu_conv: y has {y.shape[1]} channels, the weight expects "
-                         f"{weight.shape[1] * groups} (weight {tuple(weight.shape)}, groups={groups})")
-    _bn.require(weight.device == y.device, lambda: f"bn_relu_conv: weight is on {weight.device}, y on {y.device}")
+    _bn.check_conv("bn_relu_conv", "y", y, weight, groups)
     use_batch_stats = training or running_mean is None
     params = _bn.BNParams(bn_weight, bn_bias, running_mean, running_var)
-    for name in ("weight", "bias", "running_mean", "running_var"):
-        _bn.check_channel_vector("bn_relu_conv", "bn_" + name if "running" not in name else name,
-                                 getattr(params, name), y.shape[1], y)
+    _bn.check_conv_bn_vectors("bn_relu_conv", params, y.shape[1], y)
     _bn.require((running_mean is None) == (running_var is None),
                 lambda: "bn_relu_conv: running_mean and running_var must both be given or both None")
     if use_batch_stats:

@@ -102,17 +102,11 @@ def conv_bn_relu(x: Tensor, weight: Tensor, bn_weight: Optional[Tensor], bn_bias
     dtype, as eager's would.
     """
     _bn.check_activation("conv_bn_relu", "x", x)
-    _bn.require(weight.dim() == 4, lambda: f"conv_bn_relu: expected a 4-D conv weight, got {weight.dim()}-D")
-    _bn.require(x.shape[1] == weight.shape[1] * groups,
-                 lambda: f"conv_bn_relu: x has {x.shape[1]} channels, the weight expects "
-                         f"{weight.shape[1] * groups} (weight {tuple(weight.shape)}, groups={groups})")
-    _bn.require(weight.device == x.device, lambda: f"conv_bn_relu: weight is on {weight.device}, x on {x.device}")
+    _bn.check_conv("conv_bn_relu", "x", x, weight, groups)
     use_batch_stats = training or running_mean is None
     params = _bn.BNParams(bn_weight, bn_bias, running_mean, running_var)
     channels = weight.shape[0]
-    for name in ("weight", "bias", "running_mean", "running_var"):
-        _bn.check_channel_vector("conv_bn_relu", "bn_" + name if "running" not in name else name,
-                                 getattr(params, name), channels, x)
+    _bn.check_conv_bn_vectors("conv_bn_relu", params, channels, x)
     x, weight = cast_for_conv(x, weight)
     _bn.require(x.dtype == weight.dtype, lambda: f"conv_bn_relu: x is {x.dtype}, weight {weight.dtype}")
     stride, padding, dilation = list(_pair(stride)), list(_pair(padding)), list(_pair(dilation))
