@@ -18,6 +18,9 @@ Tensor = torch.Tensor
 
 
 # ----------------------------------------------------------------------------- op inputs
+CONV_OPS = ("conv_bn_relu", "bn_relu_conv")  # the ops with a 3x3 convolution inside
+
+
 @dataclass
 class OpCase:
     """One op call: ``fn(*args, training=..., **kwargs)``; ``grad_inputs`` get gradients."""
@@ -41,12 +44,12 @@ class OpCase:
 def op_shapes(op: str, stage: tuple, batch: int) -> tuple[tuple, Optional[tuple]]:
     """(activation shape, conv input shape or None) at one stage (width, spatial size).
 
-    conv_bn_relu: the bottleneck's 3x3 conv, width -> width at stride 1. The other ops
-    run on the block output, EXPANSION times wider (bn_relu: a pre-activation block's
-    input).
+    conv_bn_relu and bn_relu_conv: the bottleneck's 3x3 conv, width -> width at stride 1
+    (bn_relu_conv normalizes its input, so both shapes are the same). The other ops run on
+    the block output, EXPANSION times wider (bn_relu: a pre-activation block's input).
     """
     width, size = stage
-    if op == "conv_bn_relu":
+    if op in CONV_OPS:
         return (batch, width, size, size), (batch, width, size, size)
     return (batch, width * EXPANSION, size, size), None
 
@@ -83,12 +86,13 @@ def make_op_case(op: str, stage: tuple, batch: int, device: str, dtype: torch.dt
     weight, bias, running_mean, running_var, nbt = _bn_tensors(channels, device, g)
     buffers = [running_mean, running_var, nbt]
     bn_kwargs = {"num_batches_tracked": nbt}
-    if op == "conv_bn_relu":
+    if op in CONV_OPS:
         x = act(conv_in)
         conv_w = randn(channels, conv_in[1], 3, 3, scale=math.sqrt(2.0 / (conv_in[1] * 9)))
         conv_w = conv_w.contiguous(memory_format=torch.channels_last).requires_grad_()
-        return OpCase(op, shape, (x, conv_w, weight, bias, running_mean, running_var),
-                      dict(stride=1, padding=1, **bn_kwargs), [x], [conv_w, weight, bias], buffers)
+        bn = (weight, bias, running_mean, running_var)
+        args = (x, conv_w, *bn) if op == "conv_bn_relu" else (x, *bn, conv_w)
+        return OpCase(op, shape, args, dict(stride=1, padding=1, **bn_kwargs), [x], [conv_w, weight, bias], buffers)
     y = act(shape)
     if op == "bn_relu":
         return OpCase(op, shape, (y, weight, bias, running_mean, running_var), bn_kwargs, [y], [weight, bias], buffers)
@@ -115,12 +119,13 @@ def op_bytes(op: str, mode: str, stage: tuple, batch: int, elem_bytes: int) -> i
     S = one activation. Forward / inference read each input once and write the output once;
     backward reads what was saved plus the output gradient and writes each input gradient
     once: bn_relu fwd 2S, bwd 3S (x, dout -> dx); bn_add_relu / squeeze_excite fwd 3S
-    (y, identity -> out), bwd 5S (y, identity, dout -> dy, didentity); conv_bn_relu fwd
-    X + W + Y, bwd 2X + 2W + 2Y (x, w, y, dout -> dx, dw). fwdbwd is the sum.
+    (y, identity -> out), bwd 5S (y, identity, dout -> dy, didentity); conv_bn_relu and
+    bn_relu_conv fwd X + W + Y, bwd 2X + 2W + 2Y (x, w, y, dout -> dx, dw; bn_relu_conv's
+    X is its input y and Y its output). fwdbwd is the sum.
     """
     shape, conv_in = op_shapes(op, stage, batch)
     s = math.prod(shape) * elem_bytes
-    if op == "conv_bn_relu":
+    if op in CONV_OPS:
         x = math.prod(conv_in) * elem_bytes
         w = shape[1] * conv_in[1] * 9 * elem_bytes
         fwd, bwd = x + w + s, 2 * (x + w + s)
@@ -133,7 +138,7 @@ def op_bytes(op: str, mode: str, stage: tuple, batch: int, elem_bytes: int) -> i
 
 def op_flops(op: str, mode: str, stage: tuple, batch: int) -> int:
     """Convolution FLOPs (2 per multiply-add; backward = 2x forward); 0 for the elementwise ops."""
-    if op != "conv_bn_relu":
+    if op not in CONV_OPS:
         return 0
     shape, conv_in = op_shapes(op, stage, batch)
     fwd = 2 * math.prod(shape) * conv_in[1] * 9

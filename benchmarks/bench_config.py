@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import torch
 
 MODELS = ("resnet50", "resnet18", "se_resnet50", "resnext50_32x4d", "preact_resnet50")
-OPS = ("conv_bn_relu", "bn_relu", "bn_add_relu", "squeeze_excite")
+OPS = ("conv_bn_relu", "bn_relu_conv", "bn_relu", "bn_add_relu", "squeeze_excite")
 OP_MODES = ("fwd", "bwd", "fwdbwd", "infer")
 MODEL_MODES = ("train", "infer")
 # Contender name -> torch.compile mode.
