@@ -162,3 +162,20 @@ def conv_bn_names(input_name: str) -> Names:
     return Names(differentiable=(input_name, "weight", "bn_weight", "bn_bias"), activations=(input_name,),
                  buffers=("running_mean", "running_var", "num_batches_tracked"),
                  param_dtype_fixed=("bn_weight", "bn_bias", "running_mean", "running_var"))
+
+
+def saved_bytes(call, exclude=(), keep=lambda t: True) -> int:
+    """Bytes of the unique storages autograd saves for backward while ``call()`` runs, leaving out
+    storages shared with ``exclude`` (parameters, buffers) and tensors ``keep`` rejects."""
+    excluded = {t.untyped_storage().data_ptr() for t in exclude}
+    storages = {}
+
+    def pack(t):
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in excluded and keep(t):
+            storages[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        call()
+    return sum(storages.values())

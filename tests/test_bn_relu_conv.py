@@ -3,7 +3,7 @@ and what it saves for backward (y, not the convolution's input)."""
 import pytest
 import torch
 
-from op_testing import DTYPES, FORMATS, compare, conv_bn_names, conv_master_inputs
+from op_testing import DTYPES, FORMATS, compare, conv_bn_names, conv_master_inputs, saved_bytes
 from resnet_fast import ops
 from resnet_fast.ops import reference
 
@@ -68,20 +68,14 @@ def test_saves_y_not_the_convolution_input(op_backend):
     master, conv = master_inputs(CASES["stage_3x3_stride2"])
     args = {k: v.float() for k, v in master.items() if k != "num_batches_tracked"}
     y = args["y"].requires_grad_()
-    params = {id(t) for t in (args["weight"], args["bn_weight"], args["bn_bias"])}
 
-    def saved_activation_bytes(fn):
-        storages = {}
-
-        def pack(t):
-            if id(t) not in params and t.numel() > t.shape[0]:  # activations, not per-channel vectors
-                storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
-            return t
-
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+    def saved_activation_bytes(fn):  # activations, not the conv weight or per-channel vectors
+        def call():
             fn(y, args["bn_weight"], args["bn_bias"], args["running_mean"].clone(), args["running_var"].clone(),
                args["weight"], training=True, **conv)
-        return sum(storages.values())
+
+        return saved_bytes(call, exclude=(args["weight"], args["bn_weight"], args["bn_bias"]),
+                           keep=lambda t: t.numel() > t.shape[0])
 
     assert saved_activation_bytes(ops.bn_relu_conv) == y.numel() * 4
     assert saved_activation_bytes(reference.bn_relu_conv) >= 2 * y.numel() * 4

@@ -15,6 +15,7 @@ import resnet_fast
 from model_utils import (FORMAT_IDS, FORMATS, assert_close, assert_state_equal, build_pair,  # noqa: F401
                          calibrate_, compare_models, copy_model, make_input, randomize_, reference_backend,
                          state_snapshot)
+from op_testing import saved_bytes
 from resnet_fast.models import blocks
 
 TORCHVISION_BUILDERS = ["resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnext50_32x4d",
@@ -277,18 +278,7 @@ def test_batch_of_one_in_training_is_refused_before_any_update():
 
 def _saved_activation_bytes(model: nn.Module, x: torch.Tensor) -> int:
     """Bytes of the unique storages autograd keeps for backward, parameters and buffers excluded."""
-    own = {t.untyped_storage().data_ptr() for t in (*model.parameters(), *model.buffers())}
-    storages = {}
-
-    def pack(t):
-        storage = t.untyped_storage()
-        if storage.data_ptr() not in own:
-            storages[storage.data_ptr()] = storage.nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        model(x)
-    return sum(storages.values())
+    return saved_bytes(lambda: model(x), exclude=(*model.parameters(), *model.buffers()))
 
 
 @pytest.mark.parametrize("name, bound", [("resnet50", 0.86), ("resnet18", 0.87), ("preact_resnet50", 0.63)])

@@ -84,11 +84,14 @@ def check_conv(op: str, name: str, x: Tensor, weight: Tensor, groups: int) -> No
     require(weight.device == x.device, lambda: f"{op}: weight is on {weight.device}, {name} on {x.device}")
 
 
-def check_conv_bn_vectors(op: str, params: "BNParams", channels: int, like: Tensor) -> None:
-    """The BN vectors of an op that also has a conv weight: its affine ones are named bn_weight, bn_bias."""
+def check_bn_vectors(op: str, params: "BNParams", channels: int, like: Tensor, prefix: str = "",
+                     affine_prefix: Optional[str] = None) -> None:
+    """The BN's weight, bias, running_mean, running_var against ``channels``, named with ``prefix``;
+    ``affine_prefix`` names weight and bias apart (ops with a conv weight too: bn_weight, bn_bias)."""
+    affine_prefix = prefix if affine_prefix is None else affine_prefix
     for name in ("weight", "bias", "running_mean", "running_var"):
-        check_channel_vector(op, "bn_" + name if "running" not in name else name, getattr(params, name), channels,
-                             like)
+        check_channel_vector(op, (prefix if "running" in name else affine_prefix) + name, getattr(params, name),
+                             channels, like)
 
 
 def check_same_shape(op: str, name: str, t: Tensor, like: Tensor) -> None:
@@ -98,10 +101,9 @@ def check_same_shape(op: str, name: str, t: Tensor, like: Tensor) -> None:
     require(t.device == like.device, lambda: f"{op}: {name} is on {t.device}, expected {like.device}")
 
 
-def check_batch_norm(op: str, y: Tensor, params: "BNParams", use_batch_stats: bool, prefix: str = "") -> None:
-    channels = y.shape[1]
-    for name in ("weight", "bias", "running_mean", "running_var"):
-        check_channel_vector(op, prefix + name, getattr(params, name), channels, y)
+def check_batch_norm(op: str, y: Tensor, params: "BNParams", use_batch_stats: bool, prefix: str = "",
+                     affine_prefix: Optional[str] = None) -> None:
+    check_bn_vectors(op, params, y.shape[1], y, prefix, affine_prefix)
     require((params.running_mean is None) == (params.running_var is None),
                  lambda: f"{op}: {prefix}running_mean and {prefix}running_var must both be given or both None")
     require(use_batch_stats or params.running_mean is not None,

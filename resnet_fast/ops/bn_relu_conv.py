@@ -21,8 +21,7 @@ import torch.nn.functional as F
 from torch.nn.modules.utils import _pair
 
 from . import _bn
-from . import _autocast
-from ._autocast import autocast_disabled, cast_for_conv
+from ._autocast import autocast_disabled, autocast_dtype, cast_for_conv
 
 Tensor = torch.Tensor
 
@@ -75,8 +74,8 @@ def _backward(ctx, grad_out, *_):
     del conv_input
     grad_y = grad_gamma = grad_beta = None
     if need_bn:
-        r = _bn.bn_act_backward(grad_input.to(y.dtype), y, params, norm, use_batch_stats, True, None, None, None, None, None,
-                                group_name, {"y": need_y, "weight": need_gamma, "bias": need_beta})
+        r = _bn.bn_act_backward(grad_input.to(y.dtype), y, params, norm, use_batch_stats, True, None, None, None,
+                                None, None, group_name, {"y": need_y, "weight": need_gamma, "bias": need_beta})
         grad_y, grad_gamma, grad_beta = r.grad_y, r.grad_weight, r.grad_bias
     return (grad_y, grad_gamma, grad_beta, None, None, grad_w) + (None,) * 7
 
@@ -98,13 +97,9 @@ def bn_relu_conv(y: Tensor, bn_weight: Optional[Tensor], bn_bias: Optional[Tenso
     _bn.check_conv("bn_relu_conv", "y", y, weight, groups)
     use_batch_stats = training or running_mean is None
     params = _bn.BNParams(bn_weight, bn_bias, running_mean, running_var)
-    _bn.check_conv_bn_vectors("bn_relu_conv", params, y.shape[1], y)
-    _bn.require((running_mean is None) == (running_var is None),
-                lambda: "bn_relu_conv: running_mean and running_var must both be given or both None")
-    if use_batch_stats:
-        _bn.verify_batch_size(y.shape)
+    _bn.check_batch_norm("bn_relu_conv", y, params, use_batch_stats, affine_prefix="bn_")
     (weight,) = cast_for_conv(weight)
-    _bn.require(weight.dtype == y.dtype or _autocast.autocast_dtype(y) == weight.dtype,
+    _bn.require(weight.dtype == y.dtype or autocast_dtype(y) == weight.dtype,
                 lambda: f"bn_relu_conv: y is {y.dtype}, weight {weight.dtype}")
     stride, padding, dilation = list(_pair(stride)), list(_pair(padding)), list(_pair(dilation))
     with autocast_disabled(y):

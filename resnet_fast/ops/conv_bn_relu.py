@@ -106,7 +106,7 @@ def conv_bn_relu(x: Tensor, weight: Tensor, bn_weight: Optional[Tensor], bn_bias
     use_batch_stats = training or running_mean is None
     params = _bn.BNParams(bn_weight, bn_bias, running_mean, running_var)
     channels = weight.shape[0]
-    _bn.check_conv_bn_vectors("conv_bn_relu", params, channels, x)
+    _bn.check_bn_vectors("conv_bn_relu", params, channels, x, affine_prefix="bn_")
     x, weight = cast_for_conv(x, weight)
     _bn.require(x.dtype == weight.dtype, lambda: f"conv_bn_relu: x is {x.dtype}, weight {weight.dtype}")
     stride, padding, dilation = list(_pair(stride)), list(_pair(padding)), list(_pair(dilation))
