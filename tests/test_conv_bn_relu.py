@@ -63,6 +63,61 @@ def test_inference_folds_bn(op_backend, fmt, dtype):
             dtype, fmt)
 
 
+def residual_inputs(case, seed=0):
+    """Master inputs with a ``residual`` of the conv output's shape (the block-tail form)."""
+    master, conv = master_inputs(case, seed=seed)
+    out_shape = torch.nn.functional.conv2d(master["x"], master["weight"], None, **conv).shape
+    master["residual"] = torch.randn(out_shape, generator=torch.Generator().manual_seed(seed + 1),
+                                     dtype=torch.float64)
+    return master, conv
+
+
+def call_residual(fn, conv, training, relu=True):
+    return lambda x, weight, bn_weight, bn_bias, running_mean, running_var, num_batches_tracked, residual: fn(
+        x, weight, bn_weight, bn_bias, running_mean, running_var, training=training, relu=relu,
+        num_batches_tracked=num_batches_tracked, residual=residual, **conv)
+
+
+RESIDUAL_NAMES = Names(NAMES.differentiable | {"residual"}, NAMES.activations | {"residual"}, NAMES.buffers,
+                       NAMES.param_dtype_fixed)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("mode", ["train", "eval", "inference"])
+@pytest.mark.parametrize("fmt", FORMATS.values(), ids=FORMATS.keys())
+@pytest.mark.parametrize("case", ["stage", "pointwise_130", "grouped_dilated"])
+def test_residual_matches_eager(op_backend, case, fmt, mode, dtype):
+    """relu(bn(conv(x)) + residual): every gradient including the residual's in train/eval; the
+    folded inference path (no gradients: BN in the conv, bias + add + ReLU as its epilogue)."""
+    master, conv = residual_inputs(CASES[case])
+    names = RESIDUAL_NAMES if mode != "inference" else Names((), RESIDUAL_NAMES.activations, NAMES.buffers,
+                                                             NAMES.param_dtype_fixed)
+    compare(call_residual(ops.conv_bn_relu, conv, mode == "train"),
+            call_residual(reference.conv_bn_relu, conv, mode == "train"), master, names, dtype, fmt)
+
+
+@pytest.mark.parametrize("mode", ["train", "inference"])
+def test_residual_without_relu(op_backend, mode):
+    master, conv = residual_inputs(CASES["stage"])
+    names = RESIDUAL_NAMES if mode == "train" else Names((), RESIDUAL_NAMES.activations, NAMES.buffers,
+                                                         NAMES.param_dtype_fixed)
+    compare(call_residual(ops.conv_bn_relu, conv, mode == "train", relu=False),
+            call_residual(reference.conv_bn_relu, conv, mode == "train", relu=False), master, names, torch.float32)
+
+
+def test_residual_in_the_other_memory_format(op_backend):
+    """A residual in a layout other than the output's is read correctly (copied to the output's)."""
+    master, conv = residual_inputs(CASES["stage"])
+    args = [master[k].float() for k in ("x", "weight", "bn_weight", "bn_bias", "running_mean", "running_var")]
+    x = args[0].contiguous(memory_format=torch.channels_last)
+    residual = master["residual"].float()
+    expected = reference.conv_bn_relu(x, *args[1:], training=False, residual=residual, **conv)
+    with torch.no_grad():
+        out = ops.conv_bn_relu(x, *args[1:], training=False, residual=residual, **conv)
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+
+
 def test_batch_of_one_in_eval(op_backend):
     master, conv = master_inputs(((1, 8, 7, 7), 16, 3, 1, 1, 1, 1))
     compare(call(ops.conv_bn_relu, conv, False), call(reference.conv_bn_relu, conv, False), master, NAMES,
@@ -77,6 +132,14 @@ def test_gradcheck(op_backend):
         assert torch.autograd.gradcheck(
             lambda x, w, g, b: ops.conv_bn_relu(x, w, g, b, rm, rv, training=training, momentum=0.0, **conv),
             inputs)
+    master, conv = residual_inputs(((2, 3, 4, 3), 4, 3, 1, 1, 1, 1))
+    names = ("x", "weight", "bn_weight", "bn_bias", "residual")
+    inputs = [master[k].clone().requires_grad_() for k in names]
+    rm, rv = master["running_mean"].clone(), master["running_var"].clone()
+    for training in (True, False):
+        assert torch.autograd.gradcheck(
+            lambda x, w, g, b, r: ops.conv_bn_relu(x, w, g, b, rm, rv, training=training, momentum=0.0, residual=r,
+                                                   **conv), inputs)
 
 
 def test_bad_inputs_name_the_argument(op_backend):
@@ -91,6 +154,11 @@ def test_bad_inputs_name_the_argument(op_backend):
         ops.conv_bn_relu(x, w, bn[0][:3], *bn[1:], training=True, **conv)
     with pytest.raises(RuntimeError, match="dtype|float"):
         ops.conv_bn_relu(x.int(), w, *bn, training=True, **conv)
+    with pytest.raises(RuntimeError, match="residual has shape"):
+        ops.conv_bn_relu(x, w, *bn, training=False, residual=x, **conv)
+    out_like = ops.conv_bn_relu(x, w, *bn, training=False, **conv).detach()
+    with pytest.raises(RuntimeError, match="residual is torch.float16"):
+        ops.conv_bn_relu(x, w, *bn, training=False, residual=out_like.half(), **conv)
     one = torch.randn(1, 16, 1, 1, dtype=torch.float64)
     with pytest.raises(ValueError, match="Expected more than 1 value per channel when training"):
         ops.conv_bn_relu(one, w[:, :, :1, :1].contiguous(), *bn, training=True)

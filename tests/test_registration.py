@@ -29,8 +29,9 @@ def op_samples(fmt):
     samples = []
     for use_batch_stats in (True, False):
         bn, id_bn = _bn(8), _bn(8)
-        samples.append(("conv_bn_relu", (_leaf(x), _leaf(w), _leaf(bn[0]), _leaf(bn[1]), bn[2], bn[3], [1, 1],
-                                         [1, 1], [1, 1], 1, use_batch_stats, False, 1e-5, True, "")))
+        for residual in (None, _leaf(y * 0.5)):  # conv_bn_relu's output has y's shape
+            samples.append(("conv_bn_relu", (_leaf(x), _leaf(w), _leaf(bn[0]), _leaf(bn[1]), bn[2], bn[3], residual,
+                                             [1, 1], [1, 1], [1, 1], 1, use_batch_stats, False, 1e-5, True, "")))
         samples.append(("bn_relu", (_leaf(y), _leaf(bn[0]), _leaf(bn[1]), bn[2], bn[3], use_batch_stats, 1e-5,
                                     True, "")))
         samples.append(("bn_relu_conv", (_leaf(y), _leaf(bn[0]), _leaf(bn[1]), bn[2], bn[3], _leaf(w2), [2, 1],
@@ -40,8 +41,9 @@ def op_samples(fmt):
         samples.append(("bn_add_relu", tail + (use_batch_stats, 1e-5, True, "")))
         samples.append(("squeeze_excite", tail + tuple(_leaf(t) for t in se) + (use_batch_stats, 1e-5, True, "")))
     bn = _bn(8)
-    samples.append(("conv_bn_relu", (x, w, bn[0], bn[1], bn[2], bn[3], [1, 1], [1, 1], [1, 1], 1, False, True,
-                                     1e-5, True, "")))  # the folded inference path (no gradients)
+    for residual in (None, y):  # the folded inference path (no gradients)
+        samples.append(("conv_bn_relu", (x, w, bn[0], bn[1], bn[2], bn[3], residual, [1, 1], [1, 1], [1, 1], 1,
+                                         False, True, 1e-5, True, "")))
     return samples
 
 

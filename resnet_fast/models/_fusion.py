@@ -57,6 +57,10 @@ class NormArgs:
         """The ``identity_bn=`` argument of bn_add_relu / squeeze_excite."""
         return self.tensors + (self.num_batches_tracked,)
 
+    @property
+    def uses_batch_stats(self) -> bool:
+        return self.training or self.running_mean is None
+
     def shares_config(self, other: "NormArgs") -> bool:
         """Whether ``other`` can ride along as ``identity_bn`` (the ops give both BNs one config)."""
         return (self.training, self.momentum, self.eps, self.group_name) == (
@@ -95,7 +99,7 @@ def uses_batch_stats(bn: nn.Module) -> bool:
     """Whether ``bn`` normalizes by batch statistics (and so refuses one value per channel)."""
     args = norm_args(bn)
     if args is not None:
-        return args.training or args.running_mean is None
+        return args.uses_batch_stats
     return isinstance(bn, _BatchNorm) and (bn.training or bn.running_mean is None)
 
 
@@ -125,10 +129,10 @@ def has_hooks(module: nn.Module) -> bool:
     return False
 
 
-def conv_bn(x: Tensor, conv: nn.Conv2d, bn: NormArgs, relu: bool = True) -> Tensor:
-    """relu(bn(conv(x))) through the fused op (``fusable_conv(conv)`` must hold)."""
+def conv_bn(x: Tensor, conv: nn.Conv2d, bn: NormArgs, relu: bool = True, residual: Optional[Tensor] = None) -> Tensor:
+    """relu(bn(conv(x)) [+ residual]) through the fused op (``fusable_conv(conv)`` must hold)."""
     return ops.conv_bn_relu(x, conv.weight, *bn.tensors, stride=conv.stride, padding=conv.padding,
-                            dilation=conv.dilation, groups=conv.groups, relu=relu, **bn.kwargs)
+                            dilation=conv.dilation, groups=conv.groups, relu=relu, residual=residual, **bn.kwargs)
 
 
 def bn_relu_conv(y: Tensor, bn: NormArgs, conv: nn.Conv2d) -> Tensor:
@@ -152,6 +156,27 @@ def downsample_parts(downsample: Optional[nn.Module]):
         if args is not None:
             return downsample[0], args
     return None
+
+
+def conv_residual_tail(out: Tensor, conv: nn.Conv2d, bn: NormArgs, x: Tensor, downsample: Optional[nn.Module],
+                       se: tuple = ()) -> Tensor:
+    """relu(bn(conv(out)) [* SE gate] + identity): a block's last convolution and its tail.
+
+    In inference (running statistics, no autograd, no SE) the convolution takes the whole
+    tail as its epilogue: one conv_bn_relu with ``residual``, BN folded into the weights,
+    identity = x or the downsample's folded conv_bn. Otherwise the convolution, then the
+    fused tail op (``residual_tail``).
+    """
+    if not se and not bn.uses_batch_stats and not torch.is_grad_enabled() and fusable_conv(conv):
+        parts = downsample_parts(downsample)
+        if downsample is None:
+            identity = x
+        elif parts is not None and fusable_conv(parts[0]):
+            identity = conv_bn(x, parts[0], parts[1], relu=False)
+        else:
+            identity = downsample(x)
+        return conv_bn(out, conv, bn, residual=identity)
+    return residual_tail(conv(out), bn, x, downsample, se)
 
 
 def residual_tail(y: Tensor, bn: NormArgs, x: Tensor, downsample: Optional[nn.Module], se: tuple = ()) -> Tensor:

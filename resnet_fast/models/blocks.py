@@ -23,8 +23,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import ops
-from ._fusion import (bn_relu_conv, conv_bn, downsample_parts, fusable_conv, has_hooks, norm_args,
-                      recompute_conv_inputs, residual_tail)
+from ._fusion import (bn_relu_conv, conv_bn, conv_residual_tail, downsample_parts, fusable_conv, has_hooks,
+                      norm_args, recompute_conv_inputs, residual_tail)
 
 Tensor = torch.Tensor
 
@@ -169,7 +169,7 @@ class BasicBlock(_ResidualBlock):
         if recompute_conv_inputs() and fusable_conv(self.conv2):
             return residual_tail(bn_relu_conv(self.conv1(x), bn1, self.conv2), bn2, x, self.downsample, se)
         out = conv_bn(x, self.conv1, bn1)
-        return residual_tail(self.conv2(out), bn2, x, self.downsample, se)
+        return conv_residual_tail(out, self.conv2, bn2, x, self.downsample, se)
 
     def forward_eager(self, x: Tensor) -> Tensor:
         """torchvision's BasicBlock.forward (timm's with SE): module by module."""
@@ -222,7 +222,7 @@ class Bottleneck(_ResidualBlock):
             return residual_tail(out, bn3, x, self.downsample, se)
         out = conv_bn(x, self.conv1, bn1)
         out = conv_bn(out, self.conv2, bn2)
-        return residual_tail(self.conv3(out), bn3, x, self.downsample, se)
+        return conv_residual_tail(out, self.conv3, bn3, x, self.downsample, se)
 
     def forward_eager(self, x: Tensor) -> Tensor:
         """torchvision's Bottleneck.forward (timm's with SE): module by module."""

@@ -1,4 +1,4 @@
-"""conv_bn_relu: relu(batch_norm(conv2d(x, weight))) (relu optional: conv_bn for downsample paths).
+"""conv_bn_relu: relu(batch_norm(conv2d(x, weight)) [+ residual]) (relu optional: conv_bn for downsample paths).
 
 The convolution is ATen's (cuDNN / oneDNN); the fusion is around it:
 
@@ -8,11 +8,17 @@ The convolution is ATen's (cuDNN / oneDNN); the fusion is around it:
   backward.
 * running statistics (eval) without gradients (inference): BN is folded into the
   convolution, conv(x, weight * a) + c0 with a = gamma / sqrt(var + eps),
-  c0 = beta - mean * a, so a single bias+ReLU pass follows the convolution. Eval with
-  gradients (frozen BN) keeps conv then scale/shift, whose backward is as exact as eager's.
+  c0 = beta - mean * a, and the bias(+residual)+ReLU is the convolution's epilogue
+  (``_folded_conv``). Eval with gradients (frozen BN) keeps conv then scale/shift, whose
+  backward is as exact as eager's.
+
+``residual`` (optional, the output's shape) is added after BN and before the ReLU: with it
+the op is a whole residual block tail, conv3 + bn3 + add + ReLU, which is how the models
+run a block's last convolution in inference.
 
 Registered as ``resnet_fast::conv_bn_relu`` returning (out, y, mean, invstd, var_update):
-y is the convolution output (saved for backward), the rest as in ``bn_relu``.
+y is the convolution output (saved for backward; empty on the folded path, which has no
+backward), the rest as in ``bn_relu``.
 """
 from __future__ import annotations
 
@@ -24,68 +30,72 @@ from torch.nn.modules.utils import _pair
 
 from . import _bn
 from ._autocast import autocast_disabled, cast_for_conv
+from ._folded_conv import folded_conv
 
 Tensor = torch.Tensor
 
 
-def _fold(weight: Tensor, a: Tensor) -> Tensor:
-    return (weight.to(a.dtype) * a.view(-1, 1, 1, 1)).to(weight.dtype)
-
-
 @torch.library.custom_op("resnet_fast::conv_bn_relu", mutates_args=())
 def conv_bn_relu_op(x: Tensor, weight: Tensor, bn_weight: Optional[Tensor], bn_bias: Optional[Tensor],
-                    running_mean: Optional[Tensor], running_var: Optional[Tensor], stride: Sequence[int],
-                    padding: Sequence[int], dilation: Sequence[int], groups: int, use_batch_stats: bool,
-                    fold_bn: bool, eps: float, relu: bool, group_name: str) -> tuple[
+                    running_mean: Optional[Tensor], running_var: Optional[Tensor], residual: Optional[Tensor],
+                    stride: Sequence[int], padding: Sequence[int], dilation: Sequence[int], groups: int,
+                    use_batch_stats: bool, fold_bn: bool, eps: float, relu: bool, group_name: str) -> tuple[
         Tensor, Tensor, Tensor, Tensor, Tensor]:
     params = _bn.BNParams(bn_weight, bn_bias, running_mean, running_var)
-    if fold_bn:  # inference: conv(x, weight * a) then bias + ReLU
+    if fold_bn:  # inference: conv(x, weight * a) with a bias(+residual)+ReLU epilogue
         norm = _bn.running_normalized(params, eps, _bn.acc_dtype(x.dtype))
-        y = F.conv2d(x, _fold(weight, norm.a), None, stride, padding, dilation, groups)
-        n = y.shape[0]
-        out = _bn.prim("scale_shift_act", y)(y, _bn.expand_nc(torch.ones_like(norm.a), n),
-                                             _bn.expand_nc(norm.c0, n), None, None, None, relu)
-        return out, y, norm.mean.clone(), norm.invstd, _bn.empty_stats(y)
+        out = folded_conv(x, weight, norm, stride, padding, dilation, groups, relu, residual)
+        return out, _folded_y(x), norm.mean.clone(), norm.invstd, _bn.empty_stats(x)
     y = F.conv2d(x, weight, None, stride, padding, dilation, groups)
-    result = _bn.bn_act_forward(y, params, use_batch_stats, eps, relu, group_name=group_name)
+    residual = None if residual is None else _bn.match_layout(residual, y)
+    result = _bn.bn_act_forward(y, params, use_batch_stats, eps, relu, residual, group_name=group_name)
     var = result.var if use_batch_stats else _bn.empty_stats(y)
     return result.out, y, result.norm.mean.clone(), result.norm.invstd, var
 
 
+def _folded_y(x: Tensor) -> Tensor:
+    """The y output of the folded path: nothing (no backward needs it, and the oneDNN epilogue
+    never materializes the bias-free convolution output)."""
+    return x.new_empty((0,))
+
+
 @conv_bn_relu_op.register_fake
-def _(x, weight, bn_weight, bn_bias, running_mean, running_var, stride, padding, dilation, groups, use_batch_stats,
-      fold_bn, eps, relu, group_name):
+def _(x, weight, bn_weight, bn_bias, running_mean, running_var, residual, stride, padding, dilation, groups,
+      use_batch_stats, fold_bn, eps, relu, group_name):
     y = F.conv2d(x, weight, None, stride, padding, dilation, groups)
     stats = y.new_empty((y.shape[1],), dtype=_bn.acc_dtype(y.dtype))
     var = torch.empty_like(stats) if use_batch_stats else stats.new_empty((0,))
-    return torch.empty_like(y), y, torch.empty_like(stats), torch.empty_like(stats), var
+    return torch.empty_like(y), _folded_y(x) if fold_bn else y, torch.empty_like(stats), torch.empty_like(stats), var
 
 
 def _setup_context(ctx, inputs, output):
-    (x, weight, bn_weight, bn_bias, _, _, stride, padding, dilation, groups, use_batch_stats, fold_bn, _, relu,
-     group_name) = inputs
+    (x, weight, bn_weight, bn_bias, _, _, residual, stride, padding, dilation, groups, use_batch_stats, fold_bn, _,
+     relu, group_name) = inputs
     _, y, mean, invstd, _ = output
-    ctx.save_for_backward(x, weight, y, bn_weight, bn_bias, mean, invstd)
+    ctx.save_for_backward(x, weight, y, bn_weight, bn_bias, residual, mean, invstd)
     ctx.config = (list(stride), list(padding), list(dilation), groups, use_batch_stats, fold_bn, relu, group_name)
     ctx.mark_non_differentiable(*output[1:])
 
 
 def _backward(ctx, grad_out, *_):
-    x, weight, y, bn_weight, bn_bias, mean, invstd = ctx.saved_tensors
+    x, weight, y, bn_weight, bn_bias, residual, mean, invstd = ctx.saved_tensors
     stride, padding, dilation, groups, use_batch_stats, fold_bn, relu, group_name = ctx.config
     if fold_bn:
         raise RuntimeError("conv_bn_relu: the folded eval path (fold_bn=True) is for inference only; "
                            "call resnet_fast.ops.conv_bn_relu, which folds only when no gradient is needed")
     need_x, need_w, need_gamma, need_beta = ctx.needs_input_grad[:4]
+    need_residual = ctx.needs_input_grad[6]
     params = _bn.BNParams(bn_weight, bn_bias, None, None)
     norm = _bn.saved_normalized(mean, invstd, params, y)
-    r = _bn.bn_act_backward(grad_out, y, params, norm, use_batch_stats, relu, None, None, None, None, None,
-                            group_name, {"y": need_x or need_w, "weight": need_gamma, "bias": need_beta})
+    residual = None if residual is None else _bn.match_layout(residual, y)
+    r = _bn.bn_act_backward(grad_out, y, params, norm, use_batch_stats, relu, residual, None, None, None, None,
+                            group_name, {"y": need_x or need_w, "weight": need_gamma, "bias": need_beta,
+                                         "residual": need_residual})
     grad_x = grad_w = None
     if need_x or need_w:
         grad_x, grad_w, _ = torch.ops.aten.convolution_backward(
             r.grad_y, x, weight, None, stride, padding, dilation, False, [0, 0], groups, [need_x, need_w, False])
-    return (grad_x, grad_w, r.grad_weight, r.grad_bias) + (None,) * 11
+    return (grad_x, grad_w, r.grad_weight, r.grad_bias, None, None, r.grad_residual) + (None,) * 9
 
 
 conv_bn_relu_op.register_autograd(_backward, setup_context=_setup_context)
@@ -94,12 +104,14 @@ conv_bn_relu_op.register_autograd(_backward, setup_context=_setup_context)
 def conv_bn_relu(x: Tensor, weight: Tensor, bn_weight: Optional[Tensor], bn_bias: Optional[Tensor],
                  running_mean: Optional[Tensor], running_var: Optional[Tensor], *, stride=1, padding=0, dilation=1,
                  groups: int = 1, training: bool, momentum: Optional[float] = 0.1, eps: float = 1e-5,
-                 relu: bool = True, num_batches_tracked: Optional[Tensor] = None, group_name: str = "") -> Tensor:
-    """relu(F.batch_norm(F.conv2d(x, weight, None, stride, padding, dilation, groups), ...)).
+                 relu: bool = True, num_batches_tracked: Optional[Tensor] = None, group_name: str = "",
+                 residual: Optional[Tensor] = None) -> Tensor:
+    """relu(F.batch_norm(F.conv2d(x, weight, None, stride, padding, dilation, groups), ...) [+ residual]).
 
     Same BatchNorm semantics as :func:`resnet_fast.ops.bn_relu` (running statistics
-    updated in place in training). Under autocast the convolution runs in the autocast
-    dtype, as eager's would.
+    updated in place in training). ``residual``, when given, has the output's shape and
+    dtype and is added before the ReLU (a residual block's tail). Under autocast the
+    convolution runs in the autocast dtype, as eager's would.
     """
     _bn.check_activation("conv_bn_relu", "x", x)
     _bn.check_conv("conv_bn_relu", "x", x, weight, groups)
@@ -107,22 +119,31 @@ def conv_bn_relu(x: Tensor, weight: Tensor, bn_weight: Optional[Tensor], bn_bias
     params = _bn.BNParams(bn_weight, bn_bias, running_mean, running_var)
     channels = weight.shape[0]
     _bn.check_bn_vectors("conv_bn_relu", params, channels, x, affine_prefix="bn_")
-    x, weight = cast_for_conv(x, weight)
+    if residual is not None:
+        _bn.check_activation("conv_bn_relu", "residual", residual)
+    x, weight, residual = cast_for_conv(x, weight, residual)
     _bn.require(x.dtype == weight.dtype, lambda: f"conv_bn_relu: x is {x.dtype}, weight {weight.dtype}")
     stride, padding, dilation = list(_pair(stride)), list(_pair(padding)), list(_pair(dilation))
+    out_h = (x.shape[2] + 2 * padding[0] - dilation[0] * (weight.shape[2] - 1) - 1) // stride[0] + 1
+    out_w = (x.shape[3] + 2 * padding[1] - dilation[1] * (weight.shape[3] - 1) - 1) // stride[1] + 1
+    out_size = torch.Size([x.shape[0], channels, out_h, out_w])
     if use_batch_stats:
-        out_h = (x.shape[2] + 2 * padding[0] - dilation[0] * (weight.shape[2] - 1) - 1) // stride[0] + 1
-        out_w = (x.shape[3] + 2 * padding[1] - dilation[1] * (weight.shape[3] - 1) - 1) // stride[1] + 1
-        _bn.verify_batch_size(torch.Size([x.shape[0], channels, out_h, out_w]))
+        _bn.verify_batch_size(out_size)
+    if residual is not None:
+        _bn.require(residual.shape == out_size, lambda: f"conv_bn_relu: residual has shape {tuple(residual.shape)}, "
+                                                        f"expected the output's {tuple(out_size)}")
+        _bn.require(residual.dtype == x.dtype and residual.device == x.device,
+                    lambda: f"conv_bn_relu: residual is {residual.dtype} on {residual.device}, "
+                            f"expected the output's {x.dtype} on {x.device}")
     # Folding BN into the weights is exact in real arithmetic but rounds weight * a to the
     # conv dtype, which gradients would inherit: fold for inference only.
     needs_grad = torch.is_grad_enabled() and any(
-        t is not None and t.requires_grad for t in (x, weight, bn_weight, bn_bias))
+        t is not None and t.requires_grad for t in (x, weight, bn_weight, bn_bias, residual))
     fold_bn = not use_batch_stats and not needs_grad
     with autocast_disabled(x):
-        out, _, mean, _, var = conv_bn_relu_op(x, weight, bn_weight, bn_bias, running_mean, running_var, stride,
-                                               padding, dilation, groups, use_batch_stats, fold_bn, eps, relu,
-                                               group_name)
+        out, _, mean, _, var = conv_bn_relu_op(x, weight, bn_weight, bn_bias, running_mean, running_var, residual,
+                                               stride, padding, dilation, groups, use_batch_stats, fold_bn, eps,
+                                               relu, group_name)
     if training and running_mean is not None:
         _bn.update_running_stats(running_mean, running_var, num_batches_tracked, mean, var, momentum)
     return out

@@ -35,10 +35,13 @@ def _identity(identity, identity_bn, training, momentum, eps):
 
 
 def conv_bn_relu(x, weight, bn_weight, bn_bias, running_mean, running_var, *, stride=1, padding=0, dilation=1,
-                 groups=1, training, momentum=0.1, eps=1e-5, relu=True, num_batches_tracked=None, group_name=""):
+                 groups=1, training, momentum=0.1, eps=1e-5, relu=True, num_batches_tracked=None, group_name="",
+                 residual=None):
     y = F.conv2d(x, weight, None, stride, padding, dilation, groups)
     out = batch_norm(y, bn_weight, bn_bias, running_mean, running_var, training=training, momentum=momentum,
                      eps=eps, num_batches_tracked=num_batches_tracked)
+    if residual is not None:
+        out = out + residual
     return F.relu(out) if relu else out
 
 
