@@ -32,6 +32,9 @@ MODEL_MODES = ("train", "infer")
 # Contender name -> torch.compile mode.
 COMPILE_MODES = {"compile": "default", "compile_max": "max-autotune-no-cudagraphs"}
 RF_PREFIX = "rf_"  # resnet_fast contenders are "rf_<backend>"
+# "rf_<backend>_cached": inference inside resnet_fast.inference_cache() (BN folded into the
+# weights once, not on every forward), held open across the timed rounds.
+CACHED_SUFFIX = "_cached"
 BACKEND_ORDER = ("cuda", "triton", "cpu", "reference")
 
 # ResNet-50 bottleneck widths and spatial sizes per stage at 224x224; the block tails run
@@ -91,9 +94,10 @@ class Settings:
     def op_contenders(self) -> list[str]:
         return ["eager", *self.op_compile, *(RF_PREFIX + b for b in self.backends)]
 
-    def model_contenders(self, model: str) -> list[str]:
+    def model_contenders(self, model: str, mode: str) -> list[str]:
         compiled = self.model_compile if model in self.compile_models or "all" in self.compile_models else ()
-        return ["eager", *compiled, *(RF_PREFIX + b for b in self.backends)]
+        cached = [RF_PREFIX + b + CACHED_SUFFIX for b in self.backends] if mode == "infer" else []
+        return ["eager", *compiled, *(RF_PREFIX + b for b in self.backends), *cached]
 
 
 def _usable_backends(device: str) -> tuple[tuple, dict]:

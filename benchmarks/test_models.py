@@ -4,7 +4,9 @@ Rows: model x mode x contender.
   modes      train (forward, cross-entropy, backward, SGD step, zero_grad), infer (eval + no_grad)
   contenders eager (torchvision / timm model), compile / compile_max (torch.compile of it,
              modes "default" / "max-autotune-no-cudagraphs"), rf_<backend>
-             (resnet_fast.get_model(name) with the eager model's weights, strict=True)
+             (resnet_fast.get_model(name) with the eager model's weights, strict=True),
+             rf_<backend>_cached (infer only: the same inside resnet_fast.inference_cache(),
+             open across the timed rounds)
 channels_last; fp32 on CPU, bf16 autocast on GPU. Before timing, each contender's logits
 (and, in train, every parameter's gradient) are compared with the eager model's on the
 same batch and weights and the error is recorded; in smoke mode both are also compared with
@@ -31,7 +33,7 @@ S = config.settings()
 CL = torch.channels_last
 
 MODEL_PARAMS = [pytest.param(name, mode, contender, id=f"{name}-{mode}-{contender}")
-                for name in S.models for mode in config.MODEL_MODES for contender in S.model_contenders(name)]
+                for name in S.models for mode in config.MODEL_MODES for contender in S.model_contenders(name, mode)]
 
 
 def _batch():
@@ -50,7 +52,7 @@ def _contender(name: str, eager: torch.nn.Module, contender: str, set_backend) -
     if model is None:
         pytest.skip(why)
     model.load_state_dict(eager.state_dict(), strict=True)
-    set_backend(contender[len(config.RF_PREFIX):])
+    set_backend(contender[len(config.RF_PREFIX):].removesuffix(config.CACHED_SUFFIX))
     return model.to(S.device, memory_format=CL)
 
 
@@ -143,6 +145,8 @@ def test_model(benchmark, restore_backend, name, mode, contender):
     harness.record(benchmark, kind="model", model=name, mode=mode, contender=contender, images=S.model_batch,
                    image=S.image, saved_bytes=saved, rel_err=err, fp64_err_ratio=ratio,
                    backend=resnet_fast.get_backend())
-    harness.run_timed(benchmark, _step(model, x, labels, mode), S, rounds=S.model_rounds, warmup=S.model_warmup)
+    scope = resnet_fast.inference_cache() if contender.endswith(config.CACHED_SUFFIX) else contextlib.nullcontext()
+    with scope:
+        harness.run_timed(benchmark, _step(model, x, labels, mode), S, rounds=S.model_rounds, warmup=S.model_warmup)
     del model
     harness.release(S.device)

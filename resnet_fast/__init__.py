@@ -1,6 +1,7 @@
 """resnet_fast: fused Conv-BN-ReLU, residual BN-add-ReLU and Squeeze-Excitation for ResNets."""
 from . import ops
 from .backend import get_backend, set_backend
+from ._weight_cache import inference_cache
 from . import models
 from .models import (convert, get_model, list_models, preact_resnet18, preact_resnet34, preact_resnet50,
                      preact_resnet101, preact_resnet152, resnet18, resnet34, resnet50, resnet101, resnet152,
@@ -9,5 +10,5 @@ from .models import (convert, get_model, list_models, preact_resnet18, preact_re
                      wide_resnet101_2)
 
 __version__ = "0.1.0"
-__all__ = ["ops", "set_backend", "get_backend", "__version__"]
+__all__ = ["ops", "set_backend", "get_backend", "inference_cache", "__version__"]
 __all__ += ["models", "convert", "get_model", "list_models"] + models.list_models()

@@ -24,6 +24,8 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from .. import ops
+from .._weight_cache import cached
+from ..ops._folded_conv import channels_last, conv_weight, onednn_conv, uses_onednn_epilogue
 
 Tensor = torch.Tensor
 
@@ -140,6 +142,19 @@ def bn_relu_conv(y: Tensor, bn: NormArgs, conv: nn.Conv2d) -> Tensor:
     input (``fusable_conv(conv)`` must hold)."""
     return ops.bn_relu_conv(y, *bn.tensors, conv.weight, stride=conv.stride, padding=conv.padding,
                             dilation=conv.dilation, groups=conv.groups, **bn.kwargs)
+
+
+def conv_add(x: Tensor, conv: nn.Conv2d, residual: Tensor) -> Tensor:
+    """conv(x) + residual (a pre-activation block's end). In eager inference on CPU fp32, one
+    oneDNN convolution with the add as its epilogue (no separate pass over the output; the
+    weight prepared once per ``inference_cache()``); otherwise the module, then the add."""
+    if (not torch.is_grad_enabled() and not torch.compiler.is_compiling() and fusable_conv(conv)
+            and uses_onednn_epilogue(x) and residual.dtype == x.dtype):
+        geometry = (conv.stride, conv.padding, conv.dilation, conv.groups)
+        weight = cached((conv.weight,), ("conv", channels_last(x), x.dtype) + geometry,
+                        lambda: conv_weight(x, conv.weight, *geometry))
+        return onednn_conv(x, weight, None, *geometry, False, residual)
+    return conv(x) + residual
 
 
 def recompute_conv_inputs() -> bool:

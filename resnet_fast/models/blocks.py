@@ -23,8 +23,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import ops
-from ._fusion import (bn_relu_conv, conv_bn, conv_residual_tail, downsample_parts, fusable_conv, has_hooks,
-                      norm_args, recompute_conv_inputs, residual_tail)
+from ._fusion import (bn_relu_conv, conv_add, conv_bn, conv_residual_tail, downsample_parts, fusable_conv,
+                      has_hooks, norm_args, recompute_conv_inputs, residual_tail)
 
 Tensor = torch.Tensor
 
@@ -270,7 +270,8 @@ class _PreActBlock(nn.Module):
     downsample(relu(norm1(x))). Under autograd each norm fuses with the conv after it
     (``bn_relu_conv``: only raw tensors are kept for backward); without, norm1 runs as
     ``bn_relu`` on the block input and each later norm fuses with the conv before it
-    (``conv_bn_relu``, BN folded in eval). The add is plain.
+    (``conv_bn_relu``, BN folded in eval), and the add is the last convolution's epilogue
+    where oneDNN runs it (``conv_add``).
     """
 
     def _convs_norms(self) -> tuple[list, list]:
@@ -297,7 +298,7 @@ class _PreActBlock(nn.Module):
         out = x_preact
         for conv, bn in zip(convs[:-1], args[1:]):
             out = conv_bn(out, conv, bn)
-        return convs[-1](out) + shortcut
+        return conv_add(out, convs[-1], shortcut)
 
     def forward_eager(self, x: Tensor) -> Tensor:
         """timm's PreActBasic / PreActBottleneck forward, module by module."""

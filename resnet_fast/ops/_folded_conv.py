@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import backend
+from .. import _weight_cache
 from . import _bn
 
 Tensor = torch.Tensor
@@ -44,23 +45,58 @@ def uses_onednn_epilogue(x: Tensor) -> bool:
             and backend.get_backend() in ("auto", "cpu") and _onednn_pointwise_available())
 
 
-def folded_conv(x: Tensor, weight: Tensor, norm: "_bn.Normalized", stride: Sequence[int], padding: Sequence[int],
+def conv_weight(x: Tensor, weight: Tensor, stride: Sequence[int], padding: Sequence[int], dilation: Sequence[int],
+                groups: int) -> Tensor:
+    """``weight`` as ``onednn_conv`` takes it for inputs like ``x``: in an ``inference_cache()``
+    scope and for channels_last inputs, prepacked once in oneDNN's blocked layout (a plain
+    weight is reordered on every call); otherwise in x's layout (oneDNN picks the output's
+    layout from the weight's)."""
+    if channels_last(x) and _weight_cache.active():
+        return torch.ops.mkldnn._reorder_convolution_weight(weight.contiguous(memory_format=torch.channels_last),
+                                                            list(padding), list(stride), list(dilation), groups,
+                                                            list(x.shape))
+    return weight.contiguous(memory_format=torch.channels_last if channels_last(x) else torch.contiguous_format)
+
+
+def channels_last(x: Tensor) -> bool:
+    return not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+
+
+def onednn_conv(x: Tensor, weight: Tensor, bias: Optional[Tensor], stride: Sequence[int], padding: Sequence[int],
                 dilation: Sequence[int], groups: int, relu: bool, residual: Optional[Tensor]) -> Tensor:
-    """act(conv2d(x, fold_weight(weight, norm.a)) + norm.c0 [+ residual]) in x's memory format."""
-    w = fold_weight(weight, norm.a)
-    if uses_onednn_epilogue(x):
-        # oneDNN picks its layout from the weight's: keep it in x's so the output is in x's.
-        fmt = torch.contiguous_format if x.is_contiguous() else torch.channels_last
-        w, bias = w.contiguous(memory_format=fmt), norm.c0.to(x.dtype)
-        args = (w, bias, list(padding), list(stride), list(dilation), groups)
-        unary = "relu" if relu else "none"
-        if residual is None:
-            return torch.ops.mkldnn._convolution_pointwise(x, *args, unary, [], "")
-        residual = _bn.match_layout(residual, x)
-        return torch.ops.mkldnn._convolution_pointwise.binary(x, residual, *args, "add", 1.0,
-                                                              unary if relu else None, [], "")
+    """act(conv2d(x, weight, bias) [+ residual]) as one oneDNN convolution with post-ops, in x's
+    memory format (``uses_onednn_epilogue(x)`` must hold; ``weight`` from ``conv_weight``)."""
+    args = (weight, bias, list(padding), list(stride), list(dilation), groups)
+    unary = "relu" if relu else "none"
+    if residual is None:
+        return torch.ops.mkldnn._convolution_pointwise(x, *args, unary, [], "")
+    residual = _bn.match_layout(residual, x)
+    return torch.ops.mkldnn._convolution_pointwise.binary(x, residual, *args, "add", 1.0, unary if relu else None,
+                                                          [], "")
+
+
+def folded_conv(x: Tensor, weight: Tensor, params: "_bn.BNParams", eps: float, stride: Sequence[int],
+                padding: Sequence[int], dilation: Sequence[int], groups: int, relu: bool,
+                residual: Optional[Tensor]) -> tuple[Tensor, "_bn.Normalized"]:
+    """(act(conv2d(x, fold_weight(weight, a)) + c0 [+ residual]) in x's memory format, the running
+    normalization a, c0 came from). The folded weight is reused within an ``inference_cache()``."""
+    onednn = uses_onednn_epilogue(x)
+
+    def fold():
+        norm = _bn.running_normalized(params, eps, _bn.acc_dtype(x.dtype))
+        w = fold_weight(weight, norm.a)
+        if onednn:
+            return conv_weight(x, w, stride, padding, dilation, groups), norm.c0.to(x.dtype), norm
+        return w, None, norm
+
+    config = ("folded", eps, onednn, channels_last(x), x.dtype, tuple(stride), tuple(padding), tuple(dilation),
+              groups)
+    w, bias, norm = _weight_cache.cached((weight, params.weight, params.bias, params.running_mean, params.running_var), config, fold)
+    if onednn:
+        return onednn_conv(x, w, bias, stride, padding, dilation, groups, relu, residual), norm
     y = F.conv2d(x, w, None, stride, padding, dilation, groups)
     residual = None if residual is None else _bn.match_layout(residual, y)
     n = y.shape[0]
-    return _bn.prim("scale_shift_act", y)(y, _bn.expand_nc(torch.ones_like(norm.a), n), _bn.expand_nc(norm.c0, n),
-                                          residual, None, None, relu)
+    out = _bn.prim("scale_shift_act", y)(y, _bn.expand_nc(torch.ones_like(norm.a), n), _bn.expand_nc(norm.c0, n),
+                                         residual, None, None, relu)
+    return out, norm

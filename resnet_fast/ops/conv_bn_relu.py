@@ -43,9 +43,8 @@ def conv_bn_relu_op(x: Tensor, weight: Tensor, bn_weight: Optional[Tensor], bn_b
         Tensor, Tensor, Tensor, Tensor, Tensor]:
     params = _bn.BNParams(bn_weight, bn_bias, running_mean, running_var)
     if fold_bn:  # inference: conv(x, weight * a) with a bias(+residual)+ReLU epilogue
-        norm = _bn.running_normalized(params, eps, _bn.acc_dtype(x.dtype))
-        out = folded_conv(x, weight, norm, stride, padding, dilation, groups, relu, residual)
-        return out, _folded_y(x), norm.mean.clone(), norm.invstd, _bn.empty_stats(x)
+        out, norm = folded_conv(x, weight, params, eps, stride, padding, dilation, groups, relu, residual)
+        return out, _folded_y(x), norm.mean.clone(), norm.invstd.clone(), _bn.empty_stats(x)
     y = F.conv2d(x, weight, None, stride, padding, dilation, groups)
     residual = None if residual is None else _bn.match_layout(residual, y)
     result = _bn.bn_act_forward(y, params, use_batch_stats, eps, relu, residual, group_name=group_name)
