@@ -69,14 +69,17 @@ def predict(paths: list[str], model, state: dict, device: torch.device, topk: in
     names = state["class_names"]
     k = min(topk, len(names))
     results = []
-    for start in range(0, len(paths), batch_size):
-        chunk = paths[start:start + batch_size]
-        batch = torch.stack([read_image(p, transform) for p in chunk]).to(device)
-        probs, indices = torch.softmax(model(batch).float(), dim=1).topk(k, dim=1)
-        for path, p_row, i_row in zip(chunk, probs.tolist(), indices.tolist()):
-            results.append({"image": path, "top": [{"class": names[i], "index": i, "prob": p}
-                                                   for p, i in zip(p_row, i_row)]})
+    with resnet_fast.inference_cache():  # BN folded into the weights once, not per batch
+        for start in range(0, len(paths), batch_size):
+            results += _predict_batch(paths[start:start + batch_size], model, transform, names, k, device)
     return results
+
+
+def _predict_batch(chunk: list[str], model, transform, names: list, k: int, device: torch.device) -> list[dict]:
+    batch = torch.stack([read_image(p, transform) for p in chunk]).to(device)
+    probs, indices = torch.softmax(model(batch).float(), dim=1).topk(k, dim=1)
+    return [{"image": path, "top": [{"class": names[i], "index": i, "prob": p} for p, i in zip(p_row, i_row)]}
+            for path, p_row, i_row in zip(chunk, probs.tolist(), indices.tolist())]
 
 
 def main(argv: list[str] | None = None) -> int:

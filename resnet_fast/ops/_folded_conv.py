@@ -13,6 +13,9 @@ What follows the convolution is its epilogue, and where it runs decides the spee
 * otherwise (GPU, other dtypes, backend "reference"): the convolution without bias, then
   one ``scale_shift_act`` pass that adds c0 in fp32 (not rounded to the conv dtype), the
   residual, and applies the ReLU.
+
+Folding is a pass over the weight on every call; inside ``resnet_fast.inference_cache()``
+the folded (and, for channels_last inputs, oneDNN-prepacked) weight is built once.
 """
 from __future__ import annotations
 
@@ -22,8 +25,7 @@ from typing import Optional, Sequence
 import torch
 import torch.nn.functional as F
 
-from .. import backend
-from .. import _weight_cache
+from .. import _weight_cache, backend
 from . import _bn
 
 Tensor = torch.Tensor
@@ -91,7 +93,8 @@ def folded_conv(x: Tensor, weight: Tensor, params: "_bn.BNParams", eps: float, s
 
     config = ("folded", eps, onednn, channels_last(x), x.dtype, tuple(stride), tuple(padding), tuple(dilation),
               groups)
-    w, bias, norm = _weight_cache.cached((weight, params.weight, params.bias, params.running_mean, params.running_var), config, fold)
+    tensors = (weight, params.weight, params.bias, params.running_mean, params.running_var)
+    w, bias, norm = _weight_cache.cached(tensors, config, fold)
     if onednn:
         return onednn_conv(x, w, bias, stride, padding, dilation, groups, relu, residual), norm
     y = F.conv2d(x, w, None, stride, padding, dilation, groups)

@@ -11,6 +11,8 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+import resnet_fast
+
 from .distributed import Context, all_reduce_sums
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -90,13 +92,14 @@ def evaluate(model: nn.Module, loader, criterion, ctx: Context, settings: Settin
     loss_sum = torch.zeros((), dtype=torch.float64, device=ctx.device)
     correct = torch.zeros((), dtype=torch.int64, device=ctx.device)
     seen = 0
-    for images, labels in tqdm(loader, desc="val", unit="batch", leave=False, dynamic_ncols=True,
-                               disable=not settings.progress):
-        images, labels = settings.to_device(images, labels, ctx.device)
-        with settings.autocast(ctx.device):
-            logits = model(images)
-        loss_sum += criterion(logits.float(), labels).double() * len(labels)
-        correct += (logits.argmax(1) == labels).sum()
-        seen += len(labels)
+    batches = tqdm(loader, desc="val", unit="batch", leave=False, dynamic_ncols=True, disable=not settings.progress)
+    with resnet_fast.inference_cache():  # the weights do not change while validating: fold BN once
+        for images, labels in batches:
+            images, labels = settings.to_device(images, labels, ctx.device)
+            with settings.autocast(ctx.device):
+                logits = model(images)
+            loss_sum += criterion(logits.float(), labels).double() * len(labels)
+            correct += (logits.argmax(1) == labels).sum()
+            seen += len(labels)
     loss_sum, correct, seen = all_reduce_sums([loss_sum.item(), correct.item(), seen], ctx)
     return {"val_loss": loss_sum / seen, "val_acc": correct / seen}
