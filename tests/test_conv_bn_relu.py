@@ -125,21 +125,14 @@ def test_batch_of_one_in_eval(op_backend):
 
 
 def test_gradcheck(op_backend):
-    master, conv = master_inputs(((2, 3, 4, 3), 4, 3, 1, 1, 1, 1))
-    for training in (True, False):
-        inputs = [master[k].clone().requires_grad_() for k in ("x", "weight", "bn_weight", "bn_bias")]
-        rm, rv = master["running_mean"].clone(), master["running_var"].clone()
-        assert torch.autograd.gradcheck(
-            lambda x, w, g, b: ops.conv_bn_relu(x, w, g, b, rm, rv, training=training, momentum=0.0, **conv),
-            inputs)
     master, conv = residual_inputs(((2, 3, 4, 3), 4, 3, 1, 1, 1, 1))
-    names = ("x", "weight", "bn_weight", "bn_bias", "residual")
-    inputs = [master[k].clone().requires_grad_() for k in names]
     rm, rv = master["running_mean"].clone(), master["running_var"].clone()
-    for training in (True, False):
-        assert torch.autograd.gradcheck(
-            lambda x, w, g, b, r: ops.conv_bn_relu(x, w, g, b, rm, rv, training=training, momentum=0.0, residual=r,
-                                                   **conv), inputs)
+    for names in (("x", "weight", "bn_weight", "bn_bias"), ("x", "weight", "bn_weight", "bn_bias", "residual")):
+        inputs = [master[k].clone().requires_grad_() for k in names]
+        for training in (True, False):
+            assert torch.autograd.gradcheck(
+                lambda x, w, g, b, r=None: ops.conv_bn_relu(x, w, g, b, rm, rv, training=training, momentum=0.0,
+                                                            residual=r, **conv), inputs)
 
 
 def test_bad_inputs_name_the_argument(op_backend):

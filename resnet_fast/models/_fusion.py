@@ -183,15 +183,19 @@ def conv_residual_tail(out: Tensor, conv: nn.Conv2d, bn: NormArgs, x: Tensor, do
     fused tail op (``residual_tail``).
     """
     if not se and not bn.uses_batch_stats and not torch.is_grad_enabled() and fusable_conv(conv):
-        parts = downsample_parts(downsample)
-        if downsample is None:
-            identity = x
-        elif parts is not None and fusable_conv(parts[0]):
-            identity = conv_bn(x, parts[0], parts[1], relu=False)
-        else:
-            identity = downsample(x)
-        return conv_bn(out, conv, bn, residual=identity)
+        return conv_bn(out, conv, bn, residual=_identity(x, downsample))
     return residual_tail(conv(out), bn, x, downsample, se)
+
+
+def _identity(x: Tensor, downsample: Optional[nn.Module]) -> Tensor:
+    """The block's identity branch on its own: x, a ``Sequential(conv, bn)`` downsample as one
+    conv_bn (no ReLU), or any other downsample module called."""
+    if downsample is None:
+        return x
+    parts = downsample_parts(downsample)
+    if parts is not None and fusable_conv(parts[0]):
+        return conv_bn(x, parts[0], parts[1], relu=False)
+    return downsample(x)
 
 
 def residual_tail(y: Tensor, bn: NormArgs, x: Tensor, downsample: Optional[nn.Module], se: tuple = ()) -> Tensor:
@@ -204,15 +208,11 @@ def residual_tail(y: Tensor, bn: NormArgs, x: Tensor, downsample: Optional[nn.Mo
     momentum, eps and process group (always, in the models built here); otherwise as a
     separate conv_bn (no ReLU), or, for any other module, by calling it.
     """
-    identity, identity_bn = x, None
-    if downsample is not None:
-        parts = downsample_parts(downsample)
-        if parts is not None and parts[1].shares_config(bn):
-            identity, identity_bn = parts[0](x), parts[1].identity_bn
-        elif parts is not None and fusable_conv(parts[0]):
-            identity = conv_bn(x, parts[0], parts[1], relu=False)
-        else:
-            identity = downsample(x)
+    parts = downsample_parts(downsample)
+    if parts is not None and parts[1].shares_config(bn):
+        identity, identity_bn = parts[0](x), parts[1].identity_bn
+    else:
+        identity, identity_bn = _identity(x, downsample), None
     if se:
         return ops.squeeze_excite(y, *bn.tensors, *se, identity, identity_bn=identity_bn, **bn.kwargs)
     return ops.bn_add_relu(y, *bn.tensors, identity, identity_bn=identity_bn, **bn.kwargs)
