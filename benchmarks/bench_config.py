@@ -35,6 +35,10 @@ RF_PREFIX = "rf_"  # resnet_fast contenders are "rf_<backend>"
 # "rf_<backend>_cached": inference inside resnet_fast.inference_cache() (BN folded into the
 # weights once, not on every forward), held open across the timed rounds.
 CACHED_SUFFIX = "_cached"
+# "rf_<backend>_low_memory": training with ResNet.set_low_memory() (convolutions rerun in
+# backward instead of their outputs kept), for the models where it changes what is kept.
+LOW_MEMORY_SUFFIX = "_low_memory"
+LOW_MEMORY_MODELS = ("resnet50", "resnext50_32x4d")
 BACKEND_ORDER = ("cuda", "triton", "cpu", "reference")
 
 # ResNet-50 bottleneck widths and spatial sizes per stage at 224x224; the block tails run
@@ -96,8 +100,9 @@ class Settings:
 
     def model_contenders(self, model: str, mode: str) -> list[str]:
         compiled = self.model_compile if model in self.compile_models or "all" in self.compile_models else ()
-        cached = [RF_PREFIX + b + CACHED_SUFFIX for b in self.backends] if mode == "infer" else []
-        return ["eager", *compiled, *(RF_PREFIX + b for b in self.backends), *cached]
+        suffix = CACHED_SUFFIX if mode == "infer" else LOW_MEMORY_SUFFIX if model in LOW_MEMORY_MODELS else None
+        variants = [RF_PREFIX + b + suffix for b in self.backends] if suffix else []
+        return ["eager", *compiled, *(RF_PREFIX + b for b in self.backends), *variants]
 
 
 def _usable_backends(device: str) -> tuple[tuple, dict]:
@@ -181,3 +186,8 @@ def environment() -> dict:
         "threads": torch.get_num_threads(),
         "smoke": s.smoke,
     }
+
+
+def contender_backend(contender: str) -> str:
+    """The resnet_fast backend of an "rf_<backend>[_cached|_low_memory]" contender."""
+    return contender[len(RF_PREFIX):].removesuffix(CACHED_SUFFIX).removesuffix(LOW_MEMORY_SUFFIX)

@@ -6,7 +6,8 @@ Rows: model x mode x contender.
              modes "default" / "max-autotune-no-cudagraphs"), rf_<backend>
              (resnet_fast.get_model(name) with the eager model's weights, strict=True),
              rf_<backend>_cached (infer only: the same inside resnet_fast.inference_cache(),
-             open across the timed rounds)
+             open across the timed rounds), rf_<backend>_low_memory (train, resnet50 and
+             resnext50_32x4d: with ResNet.set_low_memory())
 channels_last; fp32 on CPU, bf16 autocast on GPU. Before timing, each contender's logits
 (and, in train, every parameter's gradient) are compared with the eager model's on the
 same batch and weights and the error is recorded; in smoke mode both are also compared with
@@ -52,7 +53,9 @@ def _contender(name: str, eager: torch.nn.Module, contender: str, set_backend) -
     if model is None:
         pytest.skip(why)
     model.load_state_dict(eager.state_dict(), strict=True)
-    set_backend(contender[len(config.RF_PREFIX):].removesuffix(config.CACHED_SUFFIX))
+    if contender.endswith(config.LOW_MEMORY_SUFFIX):
+        model.set_low_memory()
+    set_backend(config.contender_backend(contender))
     return model.to(S.device, memory_format=CL)
 
 

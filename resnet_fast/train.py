@@ -53,7 +53,8 @@ def run(args) -> dict:
     train_loader, val_loader = data.loaders(spec, args.batch_size, args.workers, ctx.rank, ctx.world, args.seed,
                                             pin_memory=ctx.device.type == "cuda")
 
-    model = build_model(args.arch, spec.num_classes, zero_init_residual=args.zero_init_residual)
+    model = build_model(args.arch, spec.num_classes, zero_init_residual=args.zero_init_residual,
+                        low_memory=args.low_memory)
     if args.sync_bn and ctx.distributed:
         model = distributed.convert_sync_batchnorm(model)
     model = model.to(ctx.device, memory_format=torch.channels_last if args.channels_last else torch.preserve_format)

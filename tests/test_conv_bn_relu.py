@@ -1,8 +1,10 @@
 """conv_bn_relu against eager conv2d + batch_norm + relu: outputs, every gradient, running stats."""
+import itertools
+
 import pytest
 import torch
 
-from op_testing import DTYPES, FORMATS, Names, compare, conv_bn_names, conv_master_inputs
+from op_testing import DTYPES, FORMATS, Names, compare, conv_bn_names, conv_master_inputs, saved_bytes
 from resnet_fast import ops
 from resnet_fast.ops import reference
 
@@ -72,10 +74,10 @@ def residual_inputs(case, seed=0):
     return master, conv
 
 
-def call_residual(fn, conv, training, relu=True):
+def call_residual(fn, conv, training, relu=True, **options):
     return lambda x, weight, bn_weight, bn_bias, running_mean, running_var, num_batches_tracked, residual: fn(
         x, weight, bn_weight, bn_bias, running_mean, running_var, training=training, relu=relu,
-        num_batches_tracked=num_batches_tracked, residual=residual, **conv)
+        num_batches_tracked=num_batches_tracked, residual=residual, **conv, **options)
 
 
 RESIDUAL_NAMES = Names(NAMES.differentiable | {"residual"}, NAMES.activations | {"residual"}, NAMES.buffers,
@@ -105,6 +107,57 @@ def test_residual_without_relu(op_backend, mode):
             call_residual(reference.conv_bn_relu, conv, mode == "train", relu=False), master, names, torch.float32)
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("fmt", FORMATS.values(), ids=FORMATS.keys())
+@pytest.mark.parametrize("case", ["stage", "stem_odd", "pointwise_130"])
+def test_recompute_conv_matches_eager(op_backend, case, fmt, training, dtype):
+    """recompute_conv=True (conv rerun in backward, ReLU mask from the output): every gradient, with
+    and without a residual, as eager's within the same criterion as the default path."""
+    master, conv = residual_inputs(CASES[case])
+    compare(call_residual(ops.conv_bn_relu, conv, training, recompute_conv=True),
+            call_residual(reference.conv_bn_relu, conv, training), master, RESIDUAL_NAMES, dtype, fmt)
+    del master["residual"]
+    compare(call(lambda *a, **k: ops.conv_bn_relu(*a, recompute_conv=True, **k), conv, training),
+            call(reference.conv_bn_relu, conv, training), master, NAMES, dtype, fmt)
+
+
+@pytest.mark.parametrize("relu", [True, False], ids=["relu", "no_relu"])
+def test_recompute_conv_gives_the_same_gradients(op_backend, relu):
+    """The recomputed convolution is the forward's: gradients equal the default path's."""
+    master, conv = residual_inputs(CASES["stage"])
+    args = {k: v.float().requires_grad_(k in RESIDUAL_NAMES.differentiable) for k, v in master.items()
+            if k != "num_batches_tracked"}
+    grads = []
+    for recompute in (False, True):
+        out = ops.conv_bn_relu(args["x"], args["weight"], args["bn_weight"], args["bn_bias"], None, None,
+                               training=True, relu=relu, residual=args["residual"], recompute_conv=recompute, **conv)
+        grads.append(torch.autograd.grad(out, [args[k] for k in ("x", "weight", "bn_weight", "bn_bias", "residual")],
+                                         torch.randn_like(out, generator=torch.Generator().manual_seed(3))))
+    for default, recomputed in zip(*grads):
+        torch.testing.assert_close(recomputed, default, rtol=1e-6, atol=1e-6)
+
+
+def test_recompute_conv_keeps_input_and_output_only(op_backend):
+    """Saved for backward: x and the output (which the next layer keeps anyway), not the
+    convolution output; without recompute_conv x, y and the residual."""
+    master, conv = residual_inputs(CASES["pointwise_130"])
+    args = {k: v.float().requires_grad_() for k, v in master.items() if k != "num_batches_tracked"}
+    outputs = []
+
+    def saved(recompute):
+        def call():
+            outputs.append(ops.conv_bn_relu(args["x"], args["weight"], args["bn_weight"], args["bn_bias"], None, None,
+                                            training=True, residual=args["residual"], recompute_conv=recompute,
+                                            **conv))
+        return saved_bytes(call, exclude=(args["weight"], args["bn_weight"], args["bn_bias"]),
+                           keep=lambda t: t.numel() > t.shape[0])
+
+    x_bytes, out_bytes = args["x"].numel() * 4, args["residual"].numel() * 4
+    assert saved(True) == x_bytes + out_bytes
+    assert saved(False) == x_bytes + 2 * out_bytes  # x, y, residual
+
+
 def test_residual_in_the_other_memory_format(op_backend):
     """A residual in a layout other than the output's is read correctly (copied to the output's)."""
     master, conv = residual_inputs(CASES["stage"])
@@ -129,10 +182,10 @@ def test_gradcheck(op_backend):
     rm, rv = master["running_mean"].clone(), master["running_var"].clone()
     for names in (("x", "weight", "bn_weight", "bn_bias"), ("x", "weight", "bn_weight", "bn_bias", "residual")):
         inputs = [master[k].clone().requires_grad_() for k in names]
-        for training in (True, False):
+        for training, recompute in itertools.product((True, False), (False, True)):
             assert torch.autograd.gradcheck(
                 lambda x, w, g, b, r=None: ops.conv_bn_relu(x, w, g, b, rm, rv, training=training, momentum=0.0,
-                                                            residual=r, **conv), inputs)
+                                                            residual=r, recompute_conv=recompute, **conv), inputs)
 
 
 def test_bad_inputs_name_the_argument(op_backend):

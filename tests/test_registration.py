@@ -1,10 +1,13 @@
 """Every fused op and primitive: torch.library.opcheck, and torch.compile(fullgraph=True) tracing."""
+import itertools
+
 import pytest
 import torch
 
 import resnet_fast  # noqa: F401  (registers the ops)
 from op_testing import bn_state
 from resnet_fast import ops
+from resnet_fast.models import Bottleneck, ResNet
 
 FUSED_OPS = ("conv_bn_relu", "bn_relu_conv", "bn_add_relu", "squeeze_excite", "bn_relu")
 PRIMITIVES = ("bn_stats", "scale_shift_act", "scale_shift_act_backward_reduce", "scale_shift_act_backward_apply")
@@ -29,9 +32,11 @@ def op_samples(fmt):
     samples = []
     for use_batch_stats in (True, False):
         bn, id_bn = _bn(8), _bn(8)
-        for residual in (None, _leaf(y * 0.5)):  # conv_bn_relu's output has y's shape
+        for residual, recompute in itertools.product((None, _leaf(y * 0.5)), (False, True)):
+            # (conv_bn_relu's output has y's shape; recompute_conv reruns the conv in backward)
             samples.append(("conv_bn_relu", (_leaf(x), _leaf(w), _leaf(bn[0]), _leaf(bn[1]), bn[2], bn[3], residual,
-                                             [1, 1], [1, 1], [1, 1], 1, use_batch_stats, False, 1e-5, True, "")))
+                                             [1, 1], [1, 1], [1, 1], 1, use_batch_stats, False, 1e-5, True,
+                                             recompute, "")))
         samples.append(("bn_relu", (_leaf(y), _leaf(bn[0]), _leaf(bn[1]), bn[2], bn[3], use_batch_stats, 1e-5,
                                     True, "")))
         samples.append(("bn_relu_conv", (_leaf(y), _leaf(bn[0]), _leaf(bn[1]), bn[2], bn[3], _leaf(w2), [2, 1],
@@ -43,7 +48,7 @@ def op_samples(fmt):
     bn = _bn(8)
     for residual in (None, y):  # the folded inference path (no gradients)
         samples.append(("conv_bn_relu", (x, w, bn[0], bn[1], bn[2], bn[3], residual, [1, 1], [1, 1], [1, 1], 1,
-                                         False, True, 1e-5, True, "")))
+                                         False, True, 1e-5, True, False, "")))
     return samples
 
 
@@ -105,12 +110,18 @@ def test_compile_inductor_squeeze_excite(op_backend):
     torch.testing.assert_close(torch.compile(tail, fullgraph=True)(y, bn, id_bn), expected)
 
 
-def test_compile_fullgraph_whole_model(op_backend):
+def _bottleneck_low_memory():
+    return ResNet(Bottleneck, [1, 1, 1, 1], num_classes=5, low_memory=True)
+
+
+@pytest.mark.parametrize("build", [lambda: resnet_fast.resnet18(num_classes=5), _bottleneck_low_memory],
+                         ids=["resnet18", "bottleneck_low_memory"])
+def test_compile_fullgraph_whole_model(op_backend, build):
     """A fused model is one graph under torch.compile, and computes what it computes eagerly."""
     torch._dynamo.reset()
     torch.manual_seed(0)
-    model = resnet_fast.resnet18(num_classes=5).train()
-    eager_model = resnet_fast.resnet18(num_classes=5).train()
+    model = build().train()
+    eager_model = build().train()
     eager_model.load_state_dict(model.state_dict())
     x = torch.randn(2, 3, 32, 32)
     out = torch.compile(model, fullgraph=True, backend="aot_eager")(x)
@@ -119,4 +130,4 @@ def test_compile_fullgraph_whole_model(op_backend):
     out.square().sum().backward()
     expected.square().sum().backward()
     torch.testing.assert_close(model.conv1.weight.grad, eager_model.conv1.weight.grad)
-    torch.testing.assert_close(model.layer4[1].bn2.running_var, eager_model.layer4[1].bn2.running_var)
+    torch.testing.assert_close(model.layer4[-1].bn2.running_var, eager_model.layer4[-1].bn2.running_var)

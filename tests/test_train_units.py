@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch import nn
 
+from resnet_fast.models import Bottleneck
 from resnet_fast.training import UsageError, checkpoint, data, optim
 from resnet_fast.training.models import build_model, for_inference, load_weights
 
@@ -158,3 +159,15 @@ def test_batch_larger_than_data_set():
     spec = data.synthetic(length=8, num_classes=3, image_size=8, seed=0)
     with pytest.raises(UsageError, match="fewer than one batch"):
         data.loaders(spec, batch_size=16, workers=0, rank=0, world=1, seed=0, pin_memory=False)
+
+
+def test_low_memory_model():
+    """--low-memory: every bottleneck of a post-activation model reruns its convolutions in backward;
+    a pre-activation model has no such mode and says so."""
+    model = build_model("resnet50", num_classes=10, low_memory=True)
+    bottlenecks = [m for m in model.modules() if isinstance(m, Bottleneck)]
+    assert bottlenecks and all(b.low_memory for b in bottlenecks) and model.low_memory
+    assert not any(b.low_memory for b in build_model("resnet50", num_classes=10).modules()
+                   if isinstance(b, Bottleneck))
+    with pytest.raises(UsageError, match="--low-memory: preact_resnet18 has no low-memory mode"):
+        build_model("preact_resnet18", num_classes=10, low_memory=True)

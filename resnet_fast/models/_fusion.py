@@ -131,10 +131,13 @@ def has_hooks(module: nn.Module) -> bool:
     return False
 
 
-def conv_bn(x: Tensor, conv: nn.Conv2d, bn: NormArgs, relu: bool = True, residual: Optional[Tensor] = None) -> Tensor:
-    """relu(bn(conv(x)) [+ residual]) through the fused op (``fusable_conv(conv)`` must hold)."""
+def conv_bn(x: Tensor, conv: nn.Conv2d, bn: NormArgs, relu: bool = True, residual: Optional[Tensor] = None,
+            recompute: bool = False) -> Tensor:
+    """relu(bn(conv(x)) [+ residual]) through the fused op (``fusable_conv(conv)`` must hold);
+    ``recompute``: backward recomputes conv(x) rather than keeping it (``recompute_conv``)."""
     return ops.conv_bn_relu(x, conv.weight, *bn.tensors, stride=conv.stride, padding=conv.padding,
-                            dilation=conv.dilation, groups=conv.groups, relu=relu, residual=residual, **bn.kwargs)
+                            dilation=conv.dilation, groups=conv.groups, relu=relu, residual=residual,
+                            recompute_conv=recompute, **bn.kwargs)
 
 
 def bn_relu_conv(y: Tensor, bn: NormArgs, conv: nn.Conv2d) -> Tensor:
@@ -183,18 +186,19 @@ def conv_residual_tail(out: Tensor, conv: nn.Conv2d, bn: NormArgs, x: Tensor, do
     fused tail op (``residual_tail``).
     """
     if not se and not bn.uses_batch_stats and not torch.is_grad_enabled() and fusable_conv(conv):
-        return conv_bn(out, conv, bn, residual=_identity(x, downsample))
+        return conv_bn(out, conv, bn, residual=identity_branch(x, downsample))
     return residual_tail(conv(out), bn, x, downsample, se)
 
 
-def _identity(x: Tensor, downsample: Optional[nn.Module]) -> Tensor:
+def identity_branch(x: Tensor, downsample: Optional[nn.Module], recompute: bool = False) -> Tensor:
     """The block's identity branch on its own: x, a ``Sequential(conv, bn)`` downsample as one
-    conv_bn (no ReLU), or any other downsample module called."""
+    conv_bn (no ReLU; ``recompute``: its convolution recomputed in backward, not kept), or any
+    other downsample module called."""
     if downsample is None:
         return x
     parts = downsample_parts(downsample)
     if parts is not None and fusable_conv(parts[0]):
-        return conv_bn(x, parts[0], parts[1], relu=False)
+        return conv_bn(x, parts[0], parts[1], relu=False, recompute=recompute)
     return downsample(x)
 
 
@@ -212,7 +216,7 @@ def residual_tail(y: Tensor, bn: NormArgs, x: Tensor, downsample: Optional[nn.Mo
     if parts is not None and parts[1].shares_config(bn):
         identity, identity_bn = parts[0](x), parts[1].identity_bn
     else:
-        identity, identity_bn = _identity(x, downsample), None
+        identity, identity_bn = identity_branch(x, downsample), None
     if se:
         return ops.squeeze_excite(y, *bn.tensors, *se, identity, identity_bn=identity_bn, **bn.kwargs)
     return ops.bn_add_relu(y, *bn.tensors, identity, identity_bn=identity_bn, **bn.kwargs)

@@ -24,7 +24,7 @@ from torch import nn
 
 from .. import ops
 from ._fusion import (bn_relu_conv, conv_add, conv_bn, conv_residual_tail, downsample_parts, fusable_conv,
-                      has_hooks, norm_args, recompute_conv_inputs, residual_tail)
+                      has_hooks, identity_branch, norm_args, recompute_conv_inputs, residual_tail)
 
 Tensor = torch.Tensor
 
@@ -185,8 +185,14 @@ class BasicBlock(_ResidualBlock):
 
 
 class Bottleneck(_ResidualBlock):
-    """torchvision's Bottleneck (1x1, 3x3 with the stride, 1x1: ResNet v1.5); ``se_layer`` as timm's."""
+    """torchvision's Bottleneck (1x1, 3x3 with the stride, 1x1: ResNet v1.5); ``se_layer`` as timm's.
+
+    ``low_memory`` (set by :meth:`ResNet.set_low_memory`): in training, the last convolution
+    and the downsample convolution are recomputed in backward instead of their 4x-wide outputs
+    being kept (blocks without SE; the SE tail needs its input).
+    """
     expansion: int = 4
+    low_memory: bool = False
 
     def __init__(self, inplanes: int, planes: int, stride: int = 1, downsample: Optional[nn.Module] = None,
                  groups: int = 1, base_width: int = 64, dilation: int = 1,
@@ -218,6 +224,12 @@ class Bottleneck(_ResidualBlock):
         if recompute_conv_inputs() and fusable_conv(self.conv3):
             # Autograd keeps x and the three raw convolution outputs; relu(bn(.)) is recomputed.
             out = bn_relu_conv(self.conv1(x), bn1, self.conv2)
+            if self.low_memory and not se:
+                # Keeps relu(bn2(.)) (width w) and the block output (the next block's input, kept
+                # anyway) instead of conv3's output (4w): conv3 reruns in backward.
+                out = ops.bn_relu(out, *bn2.tensors, **bn2.kwargs)
+                identity = identity_branch(x, self.downsample, recompute=True)
+                return conv_bn(out, self.conv3, bn3, residual=identity, recompute=True)
             out = bn_relu_conv(out, bn2, self.conv3)
             return residual_tail(out, bn3, x, self.downsample, se)
         out = conv_bn(x, self.conv1, bn1)

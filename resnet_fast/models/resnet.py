@@ -1,9 +1,10 @@
 """ResNet / ResNeXt / Wide ResNet (and SE variants) on the fused ops, state_dict-compatible with torchvision.
 
 ``ResNet`` is torchvision's class (same constructor, module creation order and init, so
-``torch.manual_seed`` gives the same weights) with four additions: ``num_classes=0``
+``torch.manual_seed`` gives the same weights) with these additions: ``num_classes=0``
 gives pooled features (as timm), ``forward_features`` returns the last feature map,
-``se_layer`` adds Squeeze-Excitation to every block (timm's SE-ResNet), ``in_chans``.
+``se_layer`` adds Squeeze-Excitation to every block (timm's SE-ResNet), ``in_chans``,
+``low_memory`` (:meth:`ResNet.set_low_memory`).
 Its stem runs as one ``conv_bn_relu``, each block through its fused ops (``blocks``).
 """
 from __future__ import annotations
@@ -30,7 +31,8 @@ class ResNet(nn.Module):
                  zero_init_residual: bool = False, groups: int = 1, width_per_group: int = 64,
                  replace_stride_with_dilation: Optional[list[bool]] = None,
                  norm_layer: Optional[Callable[..., nn.Module]] = None,
-                 se_layer: Optional[Callable[[int], nn.Module]] = None, in_chans: int = 3) -> None:
+                 se_layer: Optional[Callable[[int], nn.Module]] = None, in_chans: int = 3,
+                 low_memory: bool = False) -> None:
         super().__init__()
         if norm_layer is None:
             norm_layer = nn.BatchNorm2d
@@ -71,6 +73,20 @@ class ResNet(nn.Module):
             for m in self.modules():
                 if hasattr(m, "zero_init_last"):
                     m.zero_init_last()
+        self.set_low_memory(low_memory)
+
+    def set_low_memory(self, enabled: bool = True) -> "ResNet":
+        """Trade compute for activation memory in training: the stem convolution and each
+        bottleneck's last and downsample convolutions run again in backward instead of their
+        outputs being kept for it. Gradients are the same; resnet50 keeps 0.55x torchvision's
+        saved-for-backward bytes instead of 0.84x, for one more 1x1 convolution per block in
+        backward (on 2 CPU cores 4-35 % more time per step, page faults included; README,
+        Performance). BasicBlock and SE blocks are unchanged. Returns the model."""
+        self.low_memory = enabled
+        for m in self.modules():
+            if isinstance(m, Bottleneck):
+                m.low_memory = enabled
+        return self
 
     def _make_layer(self, block: type[Union[BasicBlock, Bottleneck]], planes: int, blocks: int, stride: int = 1,
                     dilate: bool = False) -> nn.Sequential:
@@ -110,7 +126,7 @@ class ResNet(nn.Module):
         bn = norm_args(self.bn1)
         if (bn is not None and fusable_conv(self.conv1) and type(self.relu) is nn.ReLU
                 and not hooked(self.conv1, self.bn1, self.relu)):
-            x = conv_bn(x, self.conv1, bn)
+            x = conv_bn(x, self.conv1, bn, recompute=self.low_memory)  # maxpool keeps x anyway
         else:
             x = self.relu(self.bn1(self.conv1(x)))
         return self.maxpool(x)
@@ -151,7 +167,7 @@ _DOC = """
     ``weights``: None, a checkpoint path, a state dict, or a torchvision ``{enum}`` member / name
     (downloaded by torchvision). ``progress``: show the download progress bar. ``kwargs``: of
     :class:`ResNet` (``num_classes``, ``zero_init_residual``, ``groups``, ``width_per_group``,
-    ``replace_stride_with_dilation``, ``norm_layer``).
+    ``replace_stride_with_dilation``, ``norm_layer``, ``low_memory``).
 """
 
 

@@ -5,7 +5,10 @@ The convolution is ATen's (cuDNN / oneDNN); the fusion is around it:
 * batch statistics (training): conv, one statistics pass over y, one pass that applies
   BN + ReLU. Backward saves x and y only and recomputes the normalized value and the
   ReLU mask from y (no saved BN output or ReLU output), then runs ATen's convolution
-  backward.
+  backward. With ``recompute_conv=True`` it saves x and the output instead and recomputes
+  y = conv(x) in backward (the ReLU mask then comes from the output): one more convolution
+  for not keeping y, the choice when y is wider than x and the output is kept anyway (a
+  bottleneck's last 1x1 convolution, whose output is the next block's input).
 * running statistics (eval) without gradients (inference): BN is folded into the
   convolution, conv(x, weight * a) + c0 with a = gamma / sqrt(var + eps),
   c0 = beta - mean * a, and the bias(+residual)+ReLU is the convolution's epilogue
@@ -14,7 +17,7 @@ The convolution is ATen's (cuDNN / oneDNN); the fusion is around it:
 
 ``residual`` (optional, the output's shape) is added after BN and before the ReLU: with it
 the op is a whole residual block tail, conv3 + bn3 + add + ReLU, which is how the models
-run a block's last convolution in inference.
+run a block's last convolution in inference (and in training with ``low_memory``).
 
 Registered as ``resnet_fast::conv_bn_relu`` returning (out, y, mean, invstd, var_update):
 y is the convolution output (saved for backward; empty on the folded path, which has no
@@ -39,7 +42,8 @@ Tensor = torch.Tensor
 def conv_bn_relu_op(x: Tensor, weight: Tensor, bn_weight: Optional[Tensor], bn_bias: Optional[Tensor],
                     running_mean: Optional[Tensor], running_var: Optional[Tensor], residual: Optional[Tensor],
                     stride: Sequence[int], padding: Sequence[int], dilation: Sequence[int], groups: int,
-                    use_batch_stats: bool, fold_bn: bool, eps: float, relu: bool, group_name: str) -> tuple[
+                    use_batch_stats: bool, fold_bn: bool, eps: float, relu: bool, recompute_conv: bool,
+                    group_name: str) -> tuple[
         Tensor, Tensor, Tensor, Tensor, Tensor]:
     params = _bn.BNParams(bn_weight, bn_bias, running_mean, running_var)
     if fold_bn:  # inference: conv(x, weight * a) with a bias(+residual)+ReLU epilogue
@@ -60,7 +64,7 @@ def _folded_y(x: Tensor) -> Tensor:
 
 @conv_bn_relu_op.register_fake
 def _(x, weight, bn_weight, bn_bias, running_mean, running_var, residual, stride, padding, dilation, groups,
-      use_batch_stats, fold_bn, eps, relu, group_name):
+      use_batch_stats, fold_bn, eps, relu, recompute_conv, group_name):
     y = F.conv2d(x, weight, None, stride, padding, dilation, groups)
     stats = y.new_empty((y.shape[1],), dtype=_bn.acc_dtype(y.dtype))
     var = torch.empty_like(stats) if use_batch_stats else stats.new_empty((0,))
@@ -69,32 +73,52 @@ def _(x, weight, bn_weight, bn_bias, running_mean, running_var, residual, stride
 
 def _setup_context(ctx, inputs, output):
     (x, weight, bn_weight, bn_bias, _, _, residual, stride, padding, dilation, groups, use_batch_stats, fold_bn, _,
-     relu, group_name) = inputs
-    _, y, mean, invstd, _ = output
-    ctx.save_for_backward(x, weight, y, bn_weight, bn_bias, residual, mean, invstd)
-    ctx.config = (list(stride), list(padding), list(dilation), groups, use_batch_stats, fold_bn, relu, group_name)
+     relu, recompute_conv, group_name) = inputs
+    out, y, mean, invstd, _ = output
+    if recompute_conv:
+        # y is recomputed from x in backward; the ReLU mask is read off the output, which the
+        # next layer keeps anyway (the residual is not needed then either).
+        ctx.save_for_backward(x, weight, out if relu else None, bn_weight, bn_bias, None, mean, invstd)
+    else:
+        ctx.save_for_backward(x, weight, y, bn_weight, bn_bias, residual, mean, invstd)
+    ctx.has_residual = residual is not None
+    ctx.config = (list(stride), list(padding), list(dilation), groups, use_batch_stats, fold_bn, relu,
+                  recompute_conv, group_name)
     ctx.mark_non_differentiable(*output[1:])
+    ctx.set_materialize_grads(False)  # else backward gets a zero-filled gradient for y, y-sized
 
 
 def _backward(ctx, grad_out, *_):
-    x, weight, y, bn_weight, bn_bias, residual, mean, invstd = ctx.saved_tensors
-    stride, padding, dilation, groups, use_batch_stats, fold_bn, relu, group_name = ctx.config
+    if grad_out is None:
+        return (None,) * 17
+    x, weight, saved, bn_weight, bn_bias, residual, mean, invstd = ctx.saved_tensors
+    stride, padding, dilation, groups, use_batch_stats, fold_bn, relu, recompute_conv, group_name = ctx.config
     if fold_bn:
         raise RuntimeError("conv_bn_relu: the folded eval path (fold_bn=True) is for inference only; "
                            "call resnet_fast.ops.conv_bn_relu, which folds only when no gradient is needed")
     need_x, need_w, need_gamma, need_beta = ctx.needs_input_grad[:4]
     need_residual = ctx.needs_input_grad[6]
     params = _bn.BNParams(bn_weight, bn_bias, None, None)
+    if recompute_conv:
+        y = F.conv2d(x, weight, None, stride, padding, dilation, groups)
+        if relu:  # threshold_backward's mask, as eager's ReLU backward reads it
+            grad_out = torch.ops.aten.threshold_backward(_bn.match_layout(grad_out, saved), saved, 0)
+        relu, residual = False, None
+    else:
+        y = saved
+        residual = None if residual is None else _bn.match_layout(residual, y)
     norm = _bn.saved_normalized(mean, invstd, params, y)
-    residual = None if residual is None else _bn.match_layout(residual, y)
     r = _bn.bn_act_backward(grad_out, y, params, norm, use_batch_stats, relu, residual, None, None, None, None,
                             group_name, {"y": need_x or need_w, "weight": need_gamma, "bias": need_beta,
                                          "residual": need_residual})
+    grad_residual = r.grad_residual
+    if recompute_conv and need_residual and ctx.has_residual:
+        grad_residual = grad_out  # d/d residual of relu(bn(y) + residual): the masked gradient
     grad_x = grad_w = None
     if need_x or need_w:
         grad_x, grad_w, _ = torch.ops.aten.convolution_backward(
             r.grad_y, x, weight, None, stride, padding, dilation, False, [0, 0], groups, [need_x, need_w, False])
-    return (grad_x, grad_w, r.grad_weight, r.grad_bias, None, None, r.grad_residual) + (None,) * 9
+    return (grad_x, grad_w, r.grad_weight, r.grad_bias, None, None, grad_residual) + (None,) * 10
 
 
 conv_bn_relu_op.register_autograd(_backward, setup_context=_setup_context)
@@ -104,13 +128,16 @@ def conv_bn_relu(x: Tensor, weight: Tensor, bn_weight: Optional[Tensor], bn_bias
                  running_mean: Optional[Tensor], running_var: Optional[Tensor], *, stride=1, padding=0, dilation=1,
                  groups: int = 1, training: bool, momentum: Optional[float] = 0.1, eps: float = 1e-5,
                  relu: bool = True, num_batches_tracked: Optional[Tensor] = None, group_name: str = "",
-                 residual: Optional[Tensor] = None) -> Tensor:
+                 residual: Optional[Tensor] = None, recompute_conv: bool = False) -> Tensor:
     """relu(F.batch_norm(F.conv2d(x, weight, None, stride, padding, dilation, groups), ...) [+ residual]).
 
     Same BatchNorm semantics as :func:`resnet_fast.ops.bn_relu` (running statistics
     updated in place in training). ``residual``, when given, has the output's shape and
     dtype and is added before the ReLU (a residual block's tail). Under autocast the
     convolution runs in the autocast dtype, as eager's would.
+
+    ``recompute_conv``: keep x and the output for backward, not the convolution output y,
+    and recompute y there (same gradients, one more convolution).
     """
     _bn.check_activation("conv_bn_relu", "x", x)
     _bn.check_conv("conv_bn_relu", "x", x, weight, groups)
@@ -142,7 +169,7 @@ def conv_bn_relu(x: Tensor, weight: Tensor, bn_weight: Optional[Tensor], bn_bias
     with autocast_disabled(x):
         out, _, mean, _, var = conv_bn_relu_op(x, weight, bn_weight, bn_bias, running_mean, running_var, residual,
                                                stride, padding, dilation, groups, use_batch_stats, fold_bn, eps,
-                                               relu, group_name)
+                                               relu, recompute_conv and not fold_bn, group_name)
     if training and running_mean is not None:
         _bn.update_running_stats(running_mean, running_var, num_batches_tracked, mean, var, momentum)
     return out

@@ -64,6 +64,8 @@ def parser(prog: str = "resnet-fast-train") -> Parser:
     add("--device", choices=("auto", "cpu", "cuda"), default="auto", help="default: a GPU if there is one")
     add("--zero-init-residual", action=argparse.BooleanOptionalAction,
         help="start each residual branch's last BN at zero")
+    add("--low-memory", action="store_true",
+        help="rerun some convolutions in backward instead of keeping their outputs (ResNet.set_low_memory)")
     g = p.add_argument_group("schedule and optimizer (SGD)")
     g.add_argument("--epochs", type=_positive(int))
     g.add_argument("--batch-size", type=_positive(int), help="per process")

@@ -23,15 +23,24 @@ def check_arch(arch: str) -> None:
         raise UsageError(f"unknown --arch {arch!r}; {hint}")
 
 
-def build_model(arch: str, num_classes: int, *, zero_init_residual: bool = False) -> nn.Module:
+def build_model(arch: str, num_classes: int, *, zero_init_residual: bool = False,
+                low_memory: bool = False) -> nn.Module:
     """A freshly initialized ``arch`` with a ``num_classes``-way classifier.
 
     ``zero_init_residual``: the last BN of each residual branch starts at zero, so every
     block starts as the identity (torchvision's builder option of that name).
+    ``low_memory``: ``ResNet.set_low_memory()`` (convolutions rerun in backward instead of
+    their outputs kept); the post-activation builders have it, the pre-activation ones not.
     """
     check_arch(arch)
     kwargs = {"zero_init_residual": True} if zero_init_residual else {}
-    return resnet_fast.get_model(arch, num_classes=num_classes, **kwargs)
+    model = resnet_fast.get_model(arch, num_classes=num_classes, **kwargs)
+    if low_memory:
+        if not hasattr(model, "set_low_memory"):
+            raise UsageError(f"--low-memory: {arch} has no low-memory mode (the ResNet, ResNeXt, Wide and SE "
+                             f"builders have it)")
+        model.set_low_memory()
+    return model
 
 
 def unwrap(model: nn.Module) -> nn.Module:
