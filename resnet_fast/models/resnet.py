@@ -27,6 +27,8 @@ __all__ = ["ResNet", "resnet18", "resnet34", "resnet50", "resnet101", "resnet152
 
 
 class ResNet(nn.Module):
+    low_memory: bool = False  # set_low_memory(); a class default for models made by convert()
+
     def __init__(self, block: type[Union[BasicBlock, Bottleneck]], layers: list[int], num_classes: int = 1000,
                  zero_init_residual: bool = False, groups: int = 1, width_per_group: int = 64,
                  replace_stride_with_dilation: Optional[list[bool]] = None,
