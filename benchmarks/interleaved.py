@@ -1,0 +1,174 @@
+"""Model steps of several contenders timed in turn, round by round, in one process.
+
+The pytest-benchmark rows (test_models.py) time each contender's rounds back to back, one
+contender after the other. On a CPU that is shared, or whose process state changes as it
+runs (freed memory, page faults: see the README), a contender timed later meets another
+machine than one timed first. Here every round times one step of every contender, in an
+order that rotates from round to round, so drift and process state weigh on all alike; the
+ratio to eager is the median of the per-round ratios.
+
+    python benchmarks/interleaved.py --model resnet50 --mode train \\
+        --contenders eager,compile,rf_cpu,rf_cpu_low_memory --rounds 10 --out DIR
+
+Contenders as in test_models.py: eager, compile / compile_max (torch.compile of the eager
+model), rf_<backend>, rf_<backend>_low_memory (train); not the _cached ones. Sizes,
+device and threads from the RESNET_FAST_BENCH_* variables (bench_config.py). Writes
+DIR/interleaved-<model>-<mode>.json and .md and prints the table.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import resnet_fast  # noqa: E402
+
+import bench_cases as cases  # noqa: E402
+import bench_config as config  # noqa: E402
+import bench_harness as harness  # noqa: E402
+import memory  # noqa: E402
+
+
+def _build(name: str, contender: str, eager: torch.nn.Module, device: str) -> torch.nn.Module:
+    if contender == "eager":
+        return eager
+    if contender in config.COMPILE_MODES:
+        return torch.compile(eager, mode=config.COMPILE_MODES[contender], dynamic=False)
+    model, why = cases.build_resnet_fast_model(name)
+    if model is None:
+        raise SystemExit(f"interleaved: {contender}: {why}")
+    model.load_state_dict(eager.state_dict(), strict=True)
+    if contender.endswith(config.LOW_MEMORY_SUFFIX):
+        model.set_low_memory()
+    return model.to(device, memory_format=torch.channels_last)
+
+
+def _step(model: torch.nn.Module, contender: str, x, labels, mode: str, settings):
+    """One call of a training step (forward, loss, backward, SGD step) or an inference forward."""
+    if mode == "infer":
+        def run():
+            with torch.no_grad(), harness.autocast(settings):
+                return model(x)
+        return run
+    opt = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
+
+    def run():
+        with harness.autocast(settings):
+            loss = F.cross_entropy(model(x).float(), labels)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    return run
+
+
+def measure(name: str, mode: str, contenders: list[str], rounds: int, warmup: int) -> dict:
+    settings = config.settings()
+    torch.set_num_threads(settings.threads)
+    g = torch.Generator(device=settings.device).manual_seed(0)
+    x = torch.randn(settings.model_batch, 3, settings.image, settings.image, generator=g,
+                    device=settings.device).contiguous(memory_format=torch.channels_last)
+    labels = torch.randint(0, 1000, (settings.model_batch,), generator=g, device=settings.device)
+    eager = cases.build_eager_model(name).to(settings.device, memory_format=torch.channels_last)
+    steps, saved = {}, {}
+    for contender in contenders:  # every copy of the eager model has the same seeded weights
+        source = eager if contender == "eager" else cases.build_eager_model(name).to(
+            settings.device, memory_format=torch.channels_last)
+        model = _build(name, contender, source, settings.device)
+        model.train(mode == "train")
+        steps[contender] = _step(model, contender, x, labels, mode, settings)
+        if mode == "train":
+            backend(contender)
+            saved[contender] = memory.saved_bytes(model, (x,), context=harness.autocast(settings))
+    times = {c: [] for c in contenders}
+    for r in range(warmup + rounds):
+        order = contenders[r % len(contenders):] + contenders[:r % len(contenders)]
+        for contender in order:
+            backend(contender)
+            harness.sync(settings.device)
+            start = time.perf_counter()
+            steps[contender]()
+            harness.sync(settings.device)
+            elapsed = time.perf_counter() - start
+            if r >= warmup:
+                times[contender].append(elapsed)
+    rows = []
+    for contender in contenders:
+        median = statistics.median(times[contender])
+        ratios = [e / t for e, t in zip(times["eager"], times[contender])] if "eager" in times else []
+        rows.append(dict(contender=contender, median_s=median, images_per_s=settings.model_batch / median,
+                         vs_eager=statistics.median(ratios) if ratios else None, times_s=times[contender],
+                         saved_bytes=saved.get(contender)))
+    # Variables that change what is measured: the harness's knobs, and the allocator's (README).
+    variables = {k: v for k, v in os.environ.items()
+                 if k.startswith(("RESNET_FAST", "GLIBC_TUNABLES", "MALLOC_", "LD_PRELOAD", "OMP_"))}
+    return dict(model=name, mode=mode, batch=settings.model_batch, image=settings.image, rounds=rounds,
+                warmup=warmup, environment=config.environment(), command=" ".join(sys.argv),
+                variables=variables, rows=rows)
+
+
+def backend(contender: str) -> None:
+    if contender.startswith(config.RF_PREFIX):
+        resnet_fast.set_backend(config.contender_backend(contender))
+
+
+def markdown(result: dict) -> str:
+    env = result["environment"]
+    eager_saved = next((r["saved_bytes"] for r in result["rows"] if r["contender"] == "eager"), None)
+    lines = [f"# {result['model']} {result['mode']}, interleaved: {result['batch']}x3x{result['image']}x"
+             f"{result['image']}, {env['device_name']}, {env['threads']} threads, {env['dtype']}",
+             "", f"- command: `{result['command']}`",
+             f"- environment: {', '.join(f'{k}={v}' for k, v in result['variables'].items()) or '(none set)'}",
+             f"- torch {env['torch']}, resnet_fast {env['resnet_fast']}",
+             f"- {result['rounds']} rounds after {result['warmup']} warm-up rounds; each round times one step of "
+             "every contender, the order rotating; vs eager = median of the per-round ratios", "",
+             "| contender | median | img/s | vs eager | saved for backward | vs eager |",
+             "|---|---:|---:|---:|---:|---:|"]
+    for r in result["rows"]:
+        saved = r["saved_bytes"]
+        lines.append(f"| {r['contender']} | {r['median_s']:.3f} s | {r['images_per_s']:.1f} | "
+                     f"{r['vs_eager']:.2f}x | " + (f"{saved / 2**20:.0f} MiB | {saved / eager_saved:.2f}x |"
+                                                   if saved and eager_saved else " | |"))
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", default="resnet50", choices=config.MODELS)
+    p.add_argument("--mode", default="train", choices=config.MODEL_MODES)
+    p.add_argument("--contenders", default="eager,rf_cpu", help="comma list (default: eager,rf_cpu)")
+    p.add_argument("--rounds", type=int, default=10)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--out", help="folder for the JSON and markdown (default: print only)")
+    args = p.parse_args(argv)
+    contenders = [c.strip() for c in args.contenders.split(",") if c.strip()]
+    for contender in contenders:
+        # An inference_cache() scope is per thread: it cannot stay open for one model and not another.
+        if contender.endswith(config.CACHED_SUFFIX):
+            p.error(f"{contender}: cached contenders run in test_models.py only")
+        if contender not in ("eager", *config.COMPILE_MODES) and not contender.startswith(config.RF_PREFIX):
+            p.error(f"unknown contender {contender!r}")
+    if "eager" not in contenders:
+        contenders.insert(0, "eager")
+    result = measure(args.model, args.mode, contenders, args.rounds, args.warmup)
+    text = markdown(result)
+    print(text)
+    if args.out:
+        os.makedirs(args.out, exist_ok=True)
+        stem = os.path.join(args.out, f"interleaved-{args.model}-{args.mode}")
+        with open(stem + ".json", "w") as f:
+            json.dump(result, f, indent=1)
+        with open(stem + ".md", "w") as f:
+            f.write(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
