@@ -5,21 +5,22 @@
 # threads (default 2); op level then model level, eager and resnet_fast first, then
 # torch.compile (default mode; resnet50 only at model level), then the summary:
 # OUTDIR/run.log, results.json, summary.md, summary.png. Budget RESNET_FAST_BENCH_BUDGET_S
-# (default 900 s: the whole run takes about that on 2 cores).
+# (default 1500 s: the whole run takes about that on 2 cores).
 #
 # The C++ CPU kernels are compiled at first use (cached in ~/.cache/resnet_fast) unless
 # RESNET_FAST_JIT=0, which benchmarks the reference backend only.
 #
 # Environment: PYTHON (default python3; here /work/venvs/dev/bin/python), PHASES (default:
-# ops models models_infer models_compile models_compile_infer ops_compile), and the RESNET_FAST_BENCH_* knobs of benchmarks/bench_config.py.
+# ops models models_infer models_compile models_compile_infer ops_compile interleaved), and the
+# RESNET_FAST_BENCH_* knobs of benchmarks/bench_config.py.
 # Example, op level only, reference backend:
 #   PYTHON=/work/venvs/dev/bin/python RESNET_FAST_JIT=0 PHASES=ops benchmarks/cpu_run.sh /tmp/bench-cpu
 set -u -o pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-BUDGET_S=${RESNET_FAST_BENCH_BUDGET_S:-900}
+BUDGET_S=${RESNET_FAST_BENCH_BUDGET_S:-1500}
 RESERVE_S=30
-PHASES=${PHASES:-ops models models_infer models_compile models_compile_infer ops_compile}
+PHASES=${PHASES:-ops models models_infer models_compile models_compile_infer ops_compile interleaved}
 source "$REPO/benchmarks/_phases.sh" "$@"
 
 cd "$REPO" || exit 1
@@ -41,6 +42,19 @@ bench models_infer 200 benchmarks/test_models.py -k "infer and not compile"
 bench models_compile 300 benchmarks/test_models.py -k "compile and train"
 bench models_compile_infer 200 benchmarks/test_models.py -k "compile and infer"
 bench ops_compile 300 benchmarks/test_ops.py -k "compile"
+# The same resnet50 steps timed round by round, every contender in each round (interleaved.py):
+# the rows above time one contender after another, which on a CPU moves the ratio (README).
+case " $PHASES " in *" interleaved "*)
+    best=$("$PY" -c "import sys; sys.path.insert(0, 'benchmarks'); import bench_config as c; print(c.settings().backends[0])")
+    for mode in train infer; do
+        contenders=eager,compile,rf_$best
+        [[ $mode == train ]] && contenders+=,rf_${best}_low_memory
+        phase "interleaved:$mode" 420 "$OUT/run.log" "$PY" benchmarks/interleaved.py --model resnet50 \
+            --mode "$mode" --contenders "$contenders" --rounds 10 --warmup 2 --out "$OUT" \
+            || { FAILED=1; log "FAIL interleaved:$mode"; }
+    done ;;
+*) log "SKIP interleaved: not in PHASES" ;;
+esac
 
 RESERVE_S=0
 summarize
