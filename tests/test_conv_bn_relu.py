@@ -138,6 +138,24 @@ def test_recompute_conv_gives_the_same_gradients(op_backend, relu):
         torch.testing.assert_close(recomputed, default, rtol=1e-6, atol=1e-6)
 
 
+def test_recompute_conv_under_autocast(op_backend):
+    """Under bf16 autocast the rerun convolution is the forward's (bf16 input and weight): output
+    and every gradient (fp32 leaves) equal the default path's."""
+    master, conv = residual_inputs(CASES["stage"])
+    results = []
+    for recompute in (False, True):
+        args = {k: master[k].float().requires_grad_() for k in ("x", "weight", "bn_weight", "bn_bias", "residual")}
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = ops.conv_bn_relu(args["x"], args["weight"], args["bn_weight"], args["bn_bias"], None, None,
+                                   training=True, residual=args["residual"], recompute_conv=recompute, **conv)
+        assert out.dtype == torch.bfloat16
+        out.float().square().sum().backward()
+        results.append([out.detach()] + [args[k].grad for k in args])
+    for default, recomputed in zip(*results):
+        assert recomputed.dtype == default.dtype
+        torch.testing.assert_close(recomputed, default)
+
+
 def test_recompute_conv_keeps_input_and_output_only(op_backend):
     """Saved for backward: x and the output (which the next layer keeps anyway), not the
     convolution output; without recompute_conv x, y and the residual."""
