@@ -194,3 +194,24 @@ def build_resnet_fast_model(name: str) -> tuple[Optional[torch.nn.Module], str]:
         return get_model(name), ""
     except (KeyError, ValueError, NotImplementedError) as error:
         return None, f"resnet_fast.get_model({name!r}) failed: {error}"
+
+
+def contender_model(name: str, eager: torch.nn.Module, contender: str,
+                    device: str) -> tuple[Optional[torch.nn.Module], str]:
+    """(model, "") for a model-level contender, or (None, why not). eager: ``eager`` itself;
+    compile / compile_max: torch.compile of it; rf_<backend>[_cached|_low_memory]:
+    resnet_fast's model with ``eager``'s weights (strict), channels_last on ``device``,
+    ``set_low_memory()`` for the _low_memory ones. The caller selects the backend."""
+    import bench_config as config
+
+    if contender == "eager":
+        return eager, ""
+    if contender in config.COMPILE_MODES:
+        return torch.compile(eager, mode=config.COMPILE_MODES[contender], dynamic=False), ""
+    model, why = build_resnet_fast_model(name)
+    if model is None:
+        return None, why
+    model.load_state_dict(eager.state_dict(), strict=True)
+    if contender.endswith(config.LOW_MEMORY_SUFFIX):
+        model.set_low_memory()
+    return model.to(device, memory_format=torch.channels_last), ""

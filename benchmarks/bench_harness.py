@@ -8,6 +8,7 @@ import time
 from typing import Callable, Iterable, Optional
 
 import torch
+import torch.nn.functional as F
 
 import bench_config as config
 
@@ -154,3 +155,23 @@ def configure_dynamo() -> None:
                  "accumulated_cache_size_limit"):
         if hasattr(dynamo, name):
             setattr(dynamo, name, max(getattr(dynamo, name), 4096))
+
+
+def model_step(model: torch.nn.Module, x: Tensor, labels: Tensor, mode: str,
+               settings: config.Settings) -> Callable[[], object]:
+    """One timed unit at model level: "train" = forward, cross-entropy, backward, SGD(momentum)
+    step, zero_grad; "infer" = a no_grad forward. Autocast as ``autocast(settings)``."""
+    if mode == "infer":
+        def run():
+            with torch.no_grad(), autocast(settings):
+                return model(x)
+        return run
+    opt = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
+
+    def run():
+        with autocast(settings):
+            loss = F.cross_entropy(model(x).float(), labels)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    return run

@@ -25,7 +25,6 @@ import sys
 import time
 
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
@@ -35,38 +34,6 @@ import bench_cases as cases  # noqa: E402
 import bench_config as config  # noqa: E402
 import bench_harness as harness  # noqa: E402
 import memory  # noqa: E402
-
-
-def _build(name: str, contender: str, eager: torch.nn.Module, device: str) -> torch.nn.Module:
-    if contender == "eager":
-        return eager
-    if contender in config.COMPILE_MODES:
-        return torch.compile(eager, mode=config.COMPILE_MODES[contender], dynamic=False)
-    model, why = cases.build_resnet_fast_model(name)
-    if model is None:
-        raise SystemExit(f"interleaved: {contender}: {why}")
-    model.load_state_dict(eager.state_dict(), strict=True)
-    if contender.endswith(config.LOW_MEMORY_SUFFIX):
-        model.set_low_memory()
-    return model.to(device, memory_format=torch.channels_last)
-
-
-def _step(model: torch.nn.Module, contender: str, x, labels, mode: str, settings):
-    """One call of a training step (forward, loss, backward, SGD step) or an inference forward."""
-    if mode == "infer":
-        def run():
-            with torch.no_grad(), harness.autocast(settings):
-                return model(x)
-        return run
-    opt = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
-
-    def run():
-        with harness.autocast(settings):
-            loss = F.cross_entropy(model(x).float(), labels)
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-    return run
 
 
 def measure(name: str, mode: str, contenders: list[str], rounds: int, warmup: int) -> dict:
@@ -81,9 +48,11 @@ def measure(name: str, mode: str, contenders: list[str], rounds: int, warmup: in
     for contender in contenders:  # every copy of the eager model has the same seeded weights
         source = eager if contender == "eager" else cases.build_eager_model(name).to(
             settings.device, memory_format=torch.channels_last)
-        model = _build(name, contender, source, settings.device)
+        model, why = cases.contender_model(name, source, contender, settings.device)
+        if model is None:
+            raise SystemExit(f"interleaved: {contender}: {why}")
         model.train(mode == "train")
-        steps[contender] = _step(model, contender, x, labels, mode, settings)
+        steps[contender] = harness.model_step(model, x, labels, mode, settings)
         if mode == "train":
             backend(contender)
             saved[contender] = memory.saved_bytes(model, (x,), context=harness.autocast(settings))

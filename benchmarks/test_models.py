@@ -45,18 +45,12 @@ def _batch():
 
 
 def _contender(name: str, eager: torch.nn.Module, contender: str, set_backend) -> torch.nn.Module:
-    if contender == "eager":
-        return eager
-    if contender in config.COMPILE_MODES:
-        return torch.compile(eager, mode=config.COMPILE_MODES[contender], dynamic=False)
-    model, why = cases.build_resnet_fast_model(name)
+    model, why = cases.contender_model(name, eager, contender, S.device)
     if model is None:
         pytest.skip(why)
-    model.load_state_dict(eager.state_dict(), strict=True)
-    if contender.endswith(config.LOW_MEMORY_SUFFIX):
-        model.set_low_memory()
-    set_backend(config.contender_backend(contender))
-    return model.to(S.device, memory_format=CL)
+    if contender.startswith(config.RF_PREFIX):
+        set_backend(config.contender_backend(contender))
+    return model
 
 
 def _outputs(model: torch.nn.Module, x, labels, mode: str, exact: bool = False) -> dict:
@@ -110,23 +104,6 @@ def _check(eager: torch.nn.Module, model: torch.nn.Module, x, labels, name: str,
     return err, ratio
 
 
-def _step(model: torch.nn.Module, x, labels, mode: str):
-    if mode == "infer":
-        def run():
-            with torch.no_grad(), harness.autocast(S):
-                return model(x)
-        return run
-    opt = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
-
-    def run():
-        with harness.autocast(S):
-            loss = F.cross_entropy(model(x).float(), labels)
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-    return run
-
-
 @pytest.mark.parametrize("name, mode, contender", MODEL_PARAMS)
 def test_model(benchmark, restore_backend, name, mode, contender):
     benchmark.group = f"{name} {mode} {S.model_batch}x3x{S.image}x{S.image}"
@@ -150,6 +127,7 @@ def test_model(benchmark, restore_backend, name, mode, contender):
                    backend=resnet_fast.get_backend())
     scope = resnet_fast.inference_cache() if contender.endswith(config.CACHED_SUFFIX) else contextlib.nullcontext()
     with scope:
-        harness.run_timed(benchmark, _step(model, x, labels, mode), S, rounds=S.model_rounds, warmup=S.model_warmup)
+        harness.run_timed(benchmark, harness.model_step(model, x, labels, mode, S), S, rounds=S.model_rounds,
+                          warmup=S.model_warmup)
     del model
     harness.release(S.device)
