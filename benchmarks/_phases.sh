@@ -72,7 +72,10 @@ summarize() {
         return
     fi
     log "summary of ${#parts[@]} JSON file(s)"
-    if "$PY" benchmarks/summarize.py "${parts[@]}" --out "$OUT/summary" --merged "$OUT/results.json" 2>&1 \
+    local interleaved=("$OUT"/interleaved-*.json)
+    [[ -e "${interleaved[0]}" ]] || interleaved=()
+    if "$PY" benchmarks/summarize.py "${parts[@]}" --out "$OUT/summary" --merged "$OUT/results.json" \
+            --interleaved "${interleaved[@]}" 2>&1 \
             | tee -a "$OUT/run.log" && [[ -s "$OUT/results.json" ]]; then
         rm -rf "$OUT/parts"
     else

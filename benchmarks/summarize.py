@@ -1,19 +1,21 @@
 """Turn pytest-benchmark JSON from benchmarks/ into a markdown table and a PNG bar plot.
 
     python benchmarks/summarize.py RESULTS.json [MORE.json ...] [--out benchmarks/results/NAME]
-                                   [--merged ALL.json]
+                                   [--merged ALL.json] [--interleaved interleaved-*.json ...]
 
 Writes NAME.md and NAME.png (default NAME: benchmarks/results/<first JSON's stem>). Several
 JSON files (e.g. the phases of gpu_run.sh) are merged first; ``--merged`` also saves the
 merged JSON. Ratios compare rows of the same group (op, mode, shape / model, mode, batch):
 "vs eager" = eager median / row median (above 1 = faster than eager), "vs compile" = the
-fastest torch.compile contender's median / row median.
+fastest torch.compile contender's median / row median. ``--interleaved`` adds the tables of
+benchmarks/interleaved.py runs and their rows to the goals (median of per-round ratios).
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import statistics
 import sys
 from collections import defaultdict
 
@@ -181,7 +183,30 @@ def _goals(rows: list[dict], device: str) -> list[str]:
     return lines if found else []
 
 
-def markdown(data: dict, rows: list[dict]) -> str:
+def interleaved_goals(results: list[dict], device: str) -> list[str]:
+    """Goal rows (no header) from interleaved.py results: the best resnet_fast contender's
+    median per-round ratio to ``baseline``."""
+    lines = []
+    for model, mode, baseline, target in GOALS.get(device, []):
+        for result in results:
+            if (result["model"], result["mode"]) != (model, mode):
+                continue
+            times = {r["contender"]: r["times_s"] for r in result["rows"]}
+            base = [c for c in times if c == baseline or (baseline == "compile" and c.startswith("compile"))]
+            rf = [c for c in times if c.startswith("rf_")]
+            if not base or not rf:
+                continue
+
+            def ratio(c):  # the fastest baseline contender, per round
+                return statistics.median(min(b) / t for *b, t in zip(*(times[x] for x in base), times[c]))
+            best = max(rf, key=ratio)
+            value = ratio(best)
+            lines.append(f"| {model} {mode} vs {baseline} ({best}, interleaved) | ≥{target}x | {value:.2f}x | "
+                         f"{'yes' if value >= target else 'no'} |")
+    return lines
+
+
+def markdown(data: dict, rows: list[dict], interleaved: list[dict] = ()) -> str:
     meta = data.get("resnet_fast", {})
     machine = data.get("machine_info", {})
     commit = data.get("commit_info", {})
@@ -215,12 +240,24 @@ def markdown(data: dict, rows: list[dict]) -> str:
               "tolerance, or above 3x torch.compile's error where a compile row exists: fp32 training "
               "gradients are ill-conditioned)."]
     goals = _goals(rows, device)
+    extra = interleaved_goals(list(interleaved), device)
+    if extra:
+        goals = (goals or ["| goal | target | measured | met |", "|---|---:|---:|---|"]) + extra
     if goals:
         out += ["", "## Goals", ""] + goals
     for kind, title in (("model", "Models"), ("op", "Ops")):
         selected = [r for r in rows if r["kind"] == kind]
         if selected:
             out += ["", f"## {title}", ""] + _table(selected, dtype, memory_label)
+    if interleaved:
+        import interleaved as timer  # benchmarks/interleaved.py: its own table
+
+        out += ["", "## Interleaved", "", "The same models timed round by round, every contender in every "
+                "round (benchmarks/interleaved.py): the fairer ratio where the machine or the process "
+                "changes during a run."]
+        for result in interleaved:
+            out += [""] + ["#" + line if line.startswith("# ") else line
+                           for line in timer.markdown(result).rstrip("\n").split("\n")]
     return "\n".join(out) + "\n"
 
 
@@ -275,6 +312,7 @@ def main(argv=None) -> int:
     parser.add_argument("--out", help="output prefix: writes PREFIX.md and PREFIX.png "
                                       "(default benchmarks/results/<first JSON's stem>)")
     parser.add_argument("--merged", help="also write the merged JSON here")
+    parser.add_argument("--interleaved", nargs="*", default=[], help="JSON files of benchmarks/interleaved.py")
     args = parser.parse_args(argv)
     paths = [p for p in args.results if os.path.exists(p)]
     for p in set(args.results) - set(paths):
@@ -287,8 +325,12 @@ def main(argv=None) -> int:
     prefix = args.out or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
                                       os.path.splitext(os.path.basename(paths[0]))[0])
     os.makedirs(os.path.dirname(os.path.abspath(prefix)), exist_ok=True)
+    interleaved = []
+    for path in args.interleaved:
+        with open(path) as f:
+            interleaved.append(json.load(f))
     with open(prefix + ".md", "w") as f:
-        f.write(markdown(data, rows))
+        f.write(markdown(data, rows, interleaved))
     meta = data.get("resnet_fast", {})
     plot(rows, prefix + ".png", f"resnet_fast vs eager, {meta.get('device_name', '?')}")
     if args.merged:

@@ -19,3 +19,16 @@ def test_interleaved_train_writes_rows(tmp_path, restore_backend):
     assert rows["eager"]["vs_eager"] == 1.0
     assert rows[f"rf_{backend}_low_memory"]["saved_bytes"] < rows[f"rf_{backend}"]["saved_bytes"]
     assert (tmp_path / "interleaved-resnet50-train.md").read_text().startswith("# resnet50 train, interleaved")
+
+
+def test_summary_goals_from_interleaved_runs():
+    """summarize.py --interleaved: the best resnet_fast contender's median per-round ratio."""
+    import summarize
+
+    rows = [{"contender": "eager", "times_s": [2.0, 3.0, 2.0]}, {"contender": "compile", "times_s": [1.0, 2.0, 2.0]},
+            {"contender": "rf_cpu", "times_s": [1.0, 2.0, 1.0]}, {"contender": "rf_cpu_low_memory",
+                                                                   "times_s": [4.0, 4.0, 4.0]}]
+    lines = summarize.interleaved_goals([{"model": "resnet50", "mode": "train", "rows": rows}], "cuda")
+    # vs eager: per-round 2.0, 1.5, 2.0 -> 2.0; vs compile: 1.0, 1.0, 2.0 -> 1.0
+    assert lines == ["| resnet50 train vs eager (rf_cpu, interleaved) | ≥1.3x | 2.00x | yes |",
+                     "| resnet50 train vs compile (rf_cpu, interleaved) | ≥1.1x | 1.00x | no |"]
