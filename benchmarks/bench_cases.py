@@ -12,6 +12,7 @@ from typing import Callable, Optional
 
 import torch
 
+import bench_config as config
 from bench_config import EXPANSION
 
 Tensor = torch.Tensor
@@ -202,8 +203,6 @@ def contender_model(name: str, eager: torch.nn.Module, contender: str,
     compile / compile_max: torch.compile of it; rf_<backend>[_cached|_low_memory]:
     resnet_fast's model with ``eager``'s weights (strict), channels_last on ``device``,
     ``set_low_memory()`` for the _low_memory ones. The caller selects the backend."""
-    import bench_config as config
-
     if contender == "eager":
         return eager, ""
     if contender in config.COMPILE_MODES:

@@ -81,7 +81,6 @@ def _setup_context(ctx, inputs, output):
         ctx.save_for_backward(x, weight, out if relu else None, bn_weight, bn_bias, None, mean, invstd)
     else:
         ctx.save_for_backward(x, weight, y, bn_weight, bn_bias, residual, mean, invstd)
-    ctx.has_residual = residual is not None
     ctx.config = (list(stride), list(padding), list(dilation), groups, use_batch_stats, fold_bn, relu,
                   recompute_conv, group_name)
     ctx.mark_non_differentiable(*output[1:])
@@ -111,9 +110,9 @@ def _backward(ctx, grad_out, *_):
     r = _bn.bn_act_backward(grad_out, y, params, norm, use_batch_stats, relu, residual, None, None, None, None,
                             group_name, {"y": need_x or need_w, "weight": need_gamma, "bias": need_beta,
                                          "residual": need_residual})
-    grad_residual = r.grad_residual
-    if recompute_conv and need_residual and ctx.has_residual:
-        grad_residual = grad_out  # d/d residual of relu(bn(y) + residual): the masked gradient
+    # d/d residual of relu(bn(y) + residual) is the masked gradient (needs_input_grad is False
+    # for a residual that was not given).
+    grad_residual = grad_out if recompute_conv and need_residual else r.grad_residual
     grad_x = grad_w = None
     if need_x or need_w:
         grad_x, grad_w, _ = torch.ops.aten.convolution_backward(
