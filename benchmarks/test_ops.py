@@ -53,9 +53,12 @@ def _step(fn, case: cases.OpCase, mode: str):
     if mode == "fwd":
         return lambda: [case.call(fn, training=True)]
     if mode == "fwdbwd":
+        # The incoming gradient is made once, outside the timed call: a fresh randn of an
+        # activation costs more than the op itself on CPU and would swamp the ratios.
+        grad = _grad_out(case.call(fn, training=True))
+
         def run():
             out = case.call(fn, training=True)
-            grad = _grad_out(out)
             return [out, *torch.autograd.grad(out, case.grad_inputs, grad, allow_unused=True)]
         return run
     out = case.call(fn, training=True)  # bwd: one graph, backward run again and again

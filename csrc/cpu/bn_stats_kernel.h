@@ -9,10 +9,9 @@
 // Chunk moments merge into per-(n, c) moments with Chan's formula, in double, in order.
 //
 // Loop shapes. NCHW: tasks are runs of (n, c) planes, vectorized along HW, a plane's chunks
-// in order. NHWC: fixed blocks of >= 64 rows run in parallel, vectorized along C; a chunk's
-// pass 1 adds its rows into per-channel sums (a small L1 array), pass 2 walks the cached
-// chunk one channel vector at a time with the sums in registers; a sample's blocks are
-// merged in order afterwards.
+// in order. NHWC: fixed blocks of >= 64 rows run in parallel, vectorized along C, with one
+// shift per channel for the whole block (its first rows' mean) in place of the chunks
+// (block_moments); a sample's blocks are merged in order afterwards.
 // Bytes: y read once; NHWC also writes and reads back 2 doubles per channel per block
 // (<= 1/16 of a float y).
 #pragma once
@@ -61,43 +60,49 @@ std::pair<double, double> plane_moments(const scalar_t* x, int64_t hw) {
 }
 
 // NHWC: moments of rows [r0, r1) (C channels each) into mean[C], m2[C].
+// One shift per channel for the whole block: the mean of its first rows (up to kChunkElems
+// values, re-read from cache below). Then one row-major pass (memory read in order) adds
+// d = x - shift and d^2 into per-channel acc sums (3 * C values, in L1), which go into double
+// every kFlushRows rows (at most that many acc terms per lane), and one merge per block: with
+// wide C a chunk is a row or two, and a Chan merge per chunk cost more than the pass itself.
 template <typename scalar_t>
 void block_moments(const scalar_t* y, int64_t C, int64_t r0, int64_t r1, double* mean, double* m2) {
   using Vec = AccVec<scalar_t>;
   using acc = acc_t<scalar_t>;
   constexpr int64_t V = Vec::size();
-  const int64_t rows_per_chunk = std::max<int64_t>(1, kChunkElems / C);
-  std::vector<acc> buffers(3 * C);  // per-channel shift and running sums, in L1
+  constexpr int64_t kFlushRows = 256;
+  const int64_t shift_rows = std::max<int64_t>(1, kChunkElems / C);
+  std::vector<acc> buffers(3 * C, acc(0));  // per-channel shift and running sums, in L1
   acc* shift = buffers.data();  // raw pointers: the vector stores may alias anything else
   acc* s1 = shift + C;
   acc* s2 = s1 + C;
-  std::fill(mean, mean + C, 0.0);
-  std::fill(m2, m2 + C, 0.0);
-  double count = 0;
-  for (int64_t q0 = r0; q0 < r1; q0 += rows_per_chunk) {
-    const int64_t q1 = std::min(r1, q0 + rows_per_chunk);
-    const acc len = static_cast<acc>(q1 - q0);
-    // Pass 1: per-channel sums -> shift.
-    std::fill(s1, s1 + C, acc(0));
-    for (int64_t row = q0; row < q1; ++row) {
-      run_vectors<V>(C, [&](int64_t c, int64_t n) { store(s1 + c, load(s1 + c, n) + load(y + row * C + c, n), n); });
+  std::vector<double> sums(2 * C, 0.0);  // sum d, sum d^2 in double
+  const int64_t first_end = std::min(r1, r0 + shift_rows);
+  for (int64_t row = r0; row < first_end; ++row) {
+    run_vectors<V>(C, [&](int64_t c, int64_t n) { store(shift + c, load(shift + c, n) + load(y + row * C + c, n), n); });
+  }
+  const acc first_len = static_cast<acc>(first_end - r0);
+  for (int64_t c = 0; c < C; ++c) shift[c] /= first_len;
+  for (int64_t f0 = r0; f0 < r1; f0 += kFlushRows) {
+    const int64_t f1 = std::min(r1, f0 + kFlushRows);
+    std::fill(s1, s1 + 2 * C, acc(0));
+    for (int64_t row = f0; row < f1; ++row) {  // row-major: memory is read in order
+      const scalar_t* x = y + row * C;
+      run_vectors<V>(C, [&](int64_t c, int64_t n) {
+        const Vec d = load(x + c, n) - load(shift + c, n);
+        store(s1 + c, load(s1 + c, n) + d, n);
+        store(s2 + c, load(s2 + c, n) + d * d, n);
+      });
     }
-    for (int64_t c = 0; c < C; ++c) shift[c] = s1[c] / len;
-    // Pass 2, from cache: centered sums, channel vector by channel vector (the chunk is in
-    // L1 now, so the order is free and the sums can stay in registers).
-    run_vectors<V>(C, [&](int64_t c, int64_t n) {
-      const Vec sh = load(shift + c, n);
-      Vec d1(0), d2(0);
-      for (int64_t row = q0; row < q1; ++row) {
-        const Vec d = load(y + row * C + c, n) - sh;
-        d1 = d1 + d;
-        d2 = d2 + d * d;
-      }
-      store(s1 + c, d1, n);
-      store(s2 + c, d2, n);
-    });
-    for (int64_t c = 0; c < C; ++c) merge_chunk(count, mean[c], m2[c], len, shift[c], s1[c], s2[c]);
-    count += len;
+    for (int64_t c = 0; c < C; ++c) {
+      sums[c] += s1[c];
+      sums[C + c] += s2[c];
+    }
+  }
+  const double len = static_cast<double>(r1 - r0);
+  for (int64_t c = 0; c < C; ++c) {
+    mean[c] = shift[c] + sums[c] / len;
+    m2[c] = std::max(0.0, sums[C + c] - sums[c] * sums[c] / len);
   }
 }
 
@@ -109,7 +114,7 @@ void sample_moments(const Geometry& g, const scalar_t* y, double* mean_nc, doubl
     });
     return;
   }
-  // (Any number of rows: accuracy comes from the chunks, which have at most kChunkElems values.)
+  // (Any number of rows: acc sums take at most kFlushRows terms per lane before going into double.)
   const RowBlocks blocks(g, /*target_elems=*/65536, /*min_rows=*/64, /*max_rows=*/g.HW);
   std::vector<double> partial(blocks.total * 2 * g.C);  // (block, {mean, m2}, C)
   blocks.parallel([&](int64_t b, int64_t /*n*/, int64_t r0, int64_t r1) {

@@ -19,6 +19,7 @@
 // Sums are acc vectors over at most 4096 values (NCHW) or one block of rows (NHWC), merged
 // in double in a fixed order: deterministic. Kernels: scale_shift_act_kernel.h.
 #include "common.h"
+#include "output_cache.h"
 
 namespace resnet_fast::cpu {
 namespace {
@@ -79,8 +80,8 @@ std::tuple<Tensor, Tensor> scale_shift_act_backward_apply_cpu(
   for (const auto& [name, t] : res_coefs) check.per_channel(name, *t);
 
   const bool with_res = given(res_k_g);
-  Tensor grad_y = at::empty_like(y);
-  Tensor grad_residual = with_res ? at::empty_like(y) : at::empty({0}, y.options());
+  Tensor grad_y = empty_activation_like(y);
+  Tensor grad_residual = with_res ? empty_activation_like(y) : at::empty({0}, y.options());
   if (y.numel() > 0) {
     const ApplyArgs coefs{k_g, k_0, k_y, center, res_k_g, res_k_0, res_k_r, res_center};
     kernels().backward_apply(check.geometry(), args, grad_out, coefs, grad_y, with_res ? &grad_residual : nullptr);
