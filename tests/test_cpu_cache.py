@@ -4,8 +4,8 @@ Outputs of at least 1 MiB come from blocks that earlier outputs of the same size
 tests check that a freed block is reused, that a reused block never shows its old contents
 (every output is compared with the primitive's specification after the block was filled with
 NaN), that the output keeps y's strides in both memory formats, the limit and its eviction,
-``empty()``, resizing a cached output, concurrent use, use in a forked child, the environment
-variable, and bad arguments.
+``empty()``, resizing a cached output, moving it to shared memory, concurrent use, use in a
+forked child, the environment variable, and bad arguments.
 """
 from __future__ import annotations
 
@@ -134,6 +134,16 @@ def test_cached_output_can_be_resized():
     out.resize_(2 * out.numel())  # the storage grows through the cache's allocator
     torch.testing.assert_close(out[: expected.numel()], expected.flatten(), rtol=0, atol=0)
     del out
+
+
+def test_cached_output_moves_to_shared_memory():
+    y, scale, shift = _inputs()
+    out = _forward(y, scale, shift)
+    expected = out.clone()
+    out.share_memory_()  # (DataLoader workers, multiprocessing queues)
+    assert out.is_shared()
+    torch.testing.assert_close(out, expected, rtol=0, atol=0)
+    assert cpu_cache.info().cached_bytes > 0  # the block it left went back to the cache
 
 
 def test_concurrent_use_from_threads():
