@@ -183,11 +183,23 @@ def test_forked_child_uses_the_inherited_cache():
         assert pool.map(_child_forward, [1, 2]) == [True, True]
 
 
-def test_environment_variable_sets_the_limit():
+def _limit_in_child(value: str) -> tuple[int, str]:
     code = "import resnet_fast; print(resnet_fast.cpu_cache.info().limit_bytes)"
-    env = dict(os.environ, RESNET_FAST_CPU_CACHE_BYTES="12345")
+    env = dict(os.environ, RESNET_FAST_CPU_CACHE_BYTES=value)
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "12345"
+    return int(out.stdout.strip()), out.stderr
+
+
+def test_environment_variable_sets_the_limit():
+    assert _limit_in_child("12345")[0] == 12345
+    assert _limit_in_child("0")[0] == 0
+
+
+@pytest.mark.parametrize("value", ["lots", "-5", "12MB"])
+def test_bad_environment_variable_warns_and_keeps_the_default(value):
+    limit, stderr = _limit_in_child(value)
+    assert limit > 0
+    assert "RESNET_FAST_CPU_CACHE_BYTES" in stderr and "not a byte count" in stderr
 
 
 @pytest.mark.parametrize("bad", [-1, 1.5, True, "1"])

@@ -13,6 +13,7 @@
 #include <torch/library.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <cstdlib>
 #include <mutex>
 #include <unordered_map>
@@ -30,10 +31,20 @@ struct Block {
 };
 
 size_t default_limit() {
-  if (const char* env = std::getenv("RESNET_FAST_CPU_CACHE_BYTES")) return std::strtoull(env, nullptr, 10);
   const long pages = sysconf(_SC_PHYS_PAGES);
   const long page = sysconf(_SC_PAGESIZE);
-  return pages > 0 && page > 0 ? static_cast<size_t>(pages) * static_cast<size_t>(page) / 8 : 0;
+  const size_t eighth = pages > 0 && page > 0 ? static_cast<size_t>(pages) * static_cast<size_t>(page) / 8 : 0;
+  const char* env = std::getenv("RESNET_FAST_CPU_CACHE_BYTES");
+  if (env == nullptr || *env == '\0') return eighth;
+  char* end = nullptr;
+  errno = 0;
+  const unsigned long long value = std::strtoull(env, &end, 10);
+  if (errno != 0 || *end != '\0' || *env == '-') {
+    TORCH_WARN("resnet_fast: RESNET_FAST_CPU_CACHE_BYTES=", env,
+               " is not a byte count (an integer >= 0); using 1/8 of physical memory");
+    return eighth;
+  }
+  return static_cast<size_t>(value);
 }
 
 class OutputCache final : public c10::Allocator {
