@@ -8,8 +8,8 @@ allocates the same sizes every step, so reusing the blocks removes that cost. to
 allocator, and so eager PyTorch in the same process, is not affected.
 
 The cache holds at most ``limit`` bytes of free blocks: ``RESNET_FAST_CPU_CACHE_BYTES`` when
-the kernels load (a value that is not a byte count warns), else 1/8 of physical memory;
-0 turns it off. Memory it holds shows in the
+the kernels load (a value that is not a byte count warns), else 1/8 of physical memory or
+of the container's (cgroup) memory limit, whichever is lower; 0 turns it off. Memory it holds shows in the
 process's resident size, like CUDA's cached blocks, and not in torch's memory profiler.
 """
 from __future__ import annotations

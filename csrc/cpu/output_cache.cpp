@@ -15,6 +15,7 @@
 
 #include <cerrno>
 #include <cstdlib>
+#include <fstream>
 #include <mutex>
 #include <unordered_map>
 #include <vector>
@@ -30,10 +31,22 @@ struct Block {
   size_t bytes;
 };
 
-size_t default_limit() {
+// Physical memory, or the container's memory limit (cgroup v2, then v1) when that is lower:
+// in a container the machine's memory can be far more than the process may use.
+size_t usable_memory() {
   const long pages = sysconf(_SC_PHYS_PAGES);
   const long page = sysconf(_SC_PAGESIZE);
-  const size_t eighth = pages > 0 && page > 0 ? static_cast<size_t>(pages) * static_cast<size_t>(page) / 8 : 0;
+  size_t usable = pages > 0 && page > 0 ? static_cast<size_t>(pages) * static_cast<size_t>(page) : 0;
+  for (const char* path : {"/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"}) {
+    std::ifstream file(path);
+    unsigned long long limit = 0;
+    if (file >> limit && limit > 0) usable = std::min(usable, static_cast<size_t>(limit));  // "max" fails
+  }
+  return usable;
+}
+
+size_t default_limit() {
+  const size_t eighth = usable_memory() / 8;
   const char* env = std::getenv("RESNET_FAST_CPU_CACHE_BYTES");
   if (env == nullptr || *env == '\0') return eighth;
   char* end = nullptr;
@@ -41,7 +54,7 @@ size_t default_limit() {
   const unsigned long long value = std::strtoull(env, &end, 10);
   if (errno != 0 || *end != '\0' || *env == '-') {
     TORCH_WARN("resnet_fast: RESNET_FAST_CPU_CACHE_BYTES=", env,
-               " is not a byte count (an integer >= 0); using 1/8 of physical memory");
+               " is not a byte count (an integer >= 0); using 1/8 of the memory available");
     return eighth;
   }
   return static_cast<size_t>(value);

@@ -12,7 +12,8 @@
 //
 // Blocks of at least 1 MiB are cached, keyed by size (rounded up to 64 KiB), up to a limit
 // of cached (free) bytes: RESNET_FAST_CPU_CACHE_BYTES at first use (a value that is not a
-// byte count warns), else 1/8 of physical memory; 0 turns the cache off. resnet_fast.cpu_cache (Python) reads and changes it.
+// byte count warns), else 1/8 of physical memory or of the container's (cgroup) limit, the
+// lower; 0 turns the cache off. resnet_fast.cpu_cache (Python) reads and changes it.
 #pragma once
 
 #include <ATen/ATen.h>
