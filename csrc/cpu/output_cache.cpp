@@ -87,20 +87,14 @@ class OutputCache final : public c10::Allocator {
   }
 
   void set_limit(size_t limit) {
-    std::vector<Block*> evicted;
     {
       std::lock_guard<std::mutex> lock(mutex_);
-      limit_ = limit;
-      for (auto& [bytes, blocks] : free_) {
-        while (cached_ > limit_ && !blocks.empty()) {
-          evicted.push_back(blocks.back());
-          blocks.pop_back();
-          cached_ -= bytes;
-        }
-      }
+      limit_ = limit;  // blocks released from now on obey it
     }
-    destroy(evicted);
+    evict_to(limit);
   }
+
+  void empty() { evict_to(0); }
 
   // Fork (DataLoader workers): the child must not inherit a mutex locked by another thread.
   void lock_for_fork() { mutex_.lock(); }
@@ -122,6 +116,22 @@ class OutputCache final : public c10::Allocator {
   }
 
   static void release(void* ctx);
+
+  // Frees cached blocks until at most `keep` bytes are held (outside the lock).
+  void evict_to(size_t keep) {
+    std::vector<Block*> evicted;
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      for (auto& [bytes, blocks] : free_) {
+        while (cached_ > keep && !blocks.empty()) {
+          evicted.push_back(blocks.back());
+          blocks.pop_back();
+          cached_ -= bytes;
+        }
+      }
+    }
+    destroy(evicted);
+  }
 
   void give_back(Block* block) {
     {
@@ -169,11 +179,7 @@ void cpu_cache_set_limit(int64_t limit_bytes) {
   cache().set_limit(static_cast<size_t>(limit_bytes));
 }
 
-void cpu_cache_empty() {
-  const size_t limit = cache().limit();
-  cache().set_limit(0);
-  cache().set_limit(limit);
-}
+void cpu_cache_empty() { cache().empty(); }
 
 }  // namespace
 
