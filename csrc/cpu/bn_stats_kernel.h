@@ -1,12 +1,13 @@
 // bn_stats kernel: per-(n, c) moments of y in one pass over memory (op: bn_stats.cpp).
 //
-// y is cut into chunks of at most kChunkElems values (16 KiB of float: they stay in L1).
-// Each chunk is read twice, the second time from cache, so y crosses the memory bus once:
-// pass 1 sums it for a shift s (the chunk's rough mean); pass 2 sums d = x - s and d^2, and
-// (corrected two-pass algorithm, Chan/Golub/LeVeque)
-//     chunk mean = s + sum(d) / n,   chunk M2 = sum(d^2) - sum(d)^2 / n,
+// Shifted sums (corrected two-pass algorithm, Chan/Golub/LeVeque): with a shift s near the
+// mean, sums of d = x - s and d^2 give
+//     mean = s + sum(d) / n,   M2 = sum(d^2) - sum(d)^2 / n,
 // which stays accurate when |mean| >> std (1000 + 1e-3 * randn), unlike a sum of squares.
-// Chunk moments merge into per-(n, c) moments with Chan's formula, in double, in order.
+// NCHW: a plane is cut into chunks of at most kChunkElems values (16 KiB of float, in L1),
+// each read twice, the second time from cache, so y crosses the memory bus once: pass 1
+// sums the chunk for its shift, pass 2 the shifted sums; chunk moments merge into per-(n, c)
+// moments with Chan's formula, in double, in order. NHWC: see block_moments.
 //
 // Loop shapes. NCHW: tasks are runs of (n, c) planes, vectorized along HW, a plane's chunks
 // in order. NHWC: fixed blocks of >= 64 rows run in parallel, vectorized along C, with one

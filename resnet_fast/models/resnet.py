@@ -82,8 +82,8 @@ class ResNet(nn.Module):
         bottleneck's last and downsample convolutions run again in backward instead of their
         outputs being kept for it. Gradients are the same; resnet50 keeps 0.55x torchvision's
         saved-for-backward bytes instead of 0.84x, for one more 1x1 convolution per block in
-        backward (on 2 CPU cores 4-35 % more time per step, page faults included; README,
-        Performance). BasicBlock and SE blocks are unchanged. Returns the model."""
+        backward (on 2 CPU cores 2-17 % more time per step in the current CPU benchmarks;
+        README, Performance). BasicBlock and SE blocks are unchanged. Returns the model."""
         self.low_memory = enabled
         for m in self.modules():
             if isinstance(m, Bottleneck):
