@@ -62,7 +62,7 @@ std::pair<double, double> plane_moments(const scalar_t* x, int64_t hw) {
 
 // NHWC: moments of rows [r0, r1) (C channels each) into mean[C], m2[C].
 // One shift per channel for the whole block: the mean of its first rows (up to kChunkElems
-// values, re-read from cache below). Then one row-major pass (memory read in order) adds
+// values, re-read from cache below). Then one pass over the rows (in tiles at wide C, vec.h) adds
 // d = x - shift and d^2 into per-channel acc sums (3 * C values, in L1), which go into double
 // every kFlushRows rows (at most that many acc terms per lane), and one merge per block: with
 // wide C a chunk is a row or two, and a Chan merge per chunk cost more than the pass itself.
@@ -87,13 +87,30 @@ void block_moments(const scalar_t* y, int64_t C, int64_t r0, int64_t r1, double*
   for (int64_t f0 = r0; f0 < r1; f0 += kFlushRows) {
     const int64_t f1 = std::min(r1, f0 + kFlushRows);
     std::fill(s1, s1 + 2 * C, acc(0));
-    for (int64_t row = f0; row < f1; ++row) {  // row-major: memory is read in order
-      const scalar_t* x = y + row * C;
-      run_vectors<V>(C, [&](int64_t c, int64_t n) {
-        const Vec d = load(x + c, n) - load(shift + c, n);
-        store(s1 + c, load(s1 + c, n) + d, n);
-        store(s2 + c, load(s2 + c, n) + d * d, n);
-      });
+    if (!tile_rows(C * sizeof(scalar_t))) {
+      for (int64_t row = f0; row < f1; ++row) {  // row-major: memory is read in order
+        const scalar_t* x = y + row * C;
+        run_vectors<V>(C, [&](int64_t c, int64_t n) {
+          const Vec d = load(x + c, n) - load(shift + c, n);
+          store(s1 + c, load(s1 + c, n) + d, n);
+          store(s2 + c, load(s2 + c, n) + d * d, n);
+        });
+      }
+    } else {
+      for (int64_t t0 = f0; t0 < f1; t0 += kTileRows) {  // sums in registers per tile (vec.h)
+        const int64_t t1 = std::min(f1, t0 + kTileRows);
+        run_vectors<V>(C, [&](int64_t c, int64_t n) {
+          const Vec sh = load(shift + c, n);
+          Vec a1 = load(s1 + c, n), a2 = load(s2 + c, n);
+          for (int64_t row = t0; row < t1; ++row) {
+            const Vec d = load(y + row * C + c, n) - sh;
+            a1 = a1 + d;
+            a2 = a2 + d * d;
+          }
+          store(s1 + c, a1, n);
+          store(s2 + c, a2, n);
+        });
+      }
     }
     for (int64_t c = 0; c < C; ++c) {
       sums[c] += s1[c];
@@ -126,12 +143,13 @@ void sample_moments(const Geometry& g, const scalar_t* y, double* mean_nc, doubl
     for (int64_t n = begin; n < end; ++n) {
       double* mean = mean_nc + n * g.C;
       double* m2 = m2_nc + n * g.C;
-      std::fill(mean, mean + g.C, 0.0);
-      std::fill(m2, m2 + g.C, 0.0);
-      double count = 0;
-      for (int64_t j = 0; j < blocks.per_sample; ++j) {
+      const double* first = partial.data() + n * blocks.per_sample * 2 * g.C;
+      std::copy(first, first + g.C, mean);  // (a merge into nothing, without its divisions)
+      std::copy(first + g.C, first + 2 * g.C, m2);
+      double count = static_cast<double>(blocks.rows_in(0));
+      for (int64_t j = 1; j < blocks.per_sample; ++j) {
         const double len = static_cast<double>(blocks.rows_in(j));
-        const double* src = partial.data() + (n * blocks.per_sample + j) * 2 * g.C;
+        const double* src = first + j * 2 * g.C;
         for (int64_t c = 0; c < g.C; ++c) chan_merge(count, mean[c], m2[c], len, src[c], src[g.C + c]);
         count += len;
       }

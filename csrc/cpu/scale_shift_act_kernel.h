@@ -39,7 +39,7 @@ inline void backward_reduce_kernel(const Geometry& g, const PreActArgs& args, co
     const acc* res_ctr = data_or_null<acc>(res_center);
     auto run = [&](auto num_sums) {
       constexpr int K = decltype(num_sums)::value;
-      sum_over_hw<acc, K>(g, sums, [=](int64_t off, int64_t count, const auto& k, Vec(&contrib)[K]) {
+      sum_over_hw<acc, K>(g, sizeof(scalar_t), sums, [=](int64_t off, int64_t count, const auto& k, Vec(&contrib)[K]) {
         const Vec yv = load(pre.y + off, count);
         const Vec rv = pre.load_residual(off, count);
         const Vec gv = pre.masked_grad(load(go + off, count), yv, rv, k, count);

@@ -248,12 +248,22 @@ struct RowBlocks {
   int64_t rows_in(int64_t j) const { return std::min(rows_per_block, HW - j * rows_per_block); }
 };
 
+// NHWC row sums over wide rows. A row at a time, every input vector costs a load and a store
+// per running sum, and at wide C (the cache-resident 7x7 and 14x14 stages) those stores bound
+// the loop; in tiles of kTileRows rows each channel vector's sums stay in registers across the
+// tile and are stored once. Narrow rows keep the row loop: a tile reads its rows as concurrent
+// forward streams, which the prefetchers follow only when each is long (8-row tiles made the
+// DRAM-bound 28x28 / 56x56 reductions 1.3-1.8x slower on the 2-core AMD EPYC CI machine).
+constexpr int64_t kTileRows = 8;
+
+inline bool tile_rows(int64_t row_bytes) { return row_bytes >= 4096; }
+
 // Sum over (h, w) of K quantities: out[k][n * C + c] = sum_hw contribution_k.
 // f(offset, count, coef, Vec (&contrib)[K]) writes one vector's K contributions (lanes past
 // count are discarded here). Partial sums are acc vectors over at most kSumChunk values
 // (NCHW) or one block of at most 512 rows (NHWC), merged in double in a fixed order.
 template <typename acc_t, int K, typename F>
-void sum_over_hw(const Geometry& g, double* out, const F& f) {
+void sum_over_hw(const Geometry& g, int64_t element_size, double* out, const F& f) {
   using Vec = at::vec::Vectorized<acc_t>;
   constexpr int64_t V = Vec::size();
   constexpr int64_t kSumChunk = 4096;
@@ -281,19 +291,36 @@ void sum_over_hw(const Geometry& g, double* out, const F& f) {
   }
   const RowBlocks blocks(g, /*target_elems=*/65536, /*min_rows=*/32, /*max_rows=*/512);
   std::vector<double> partial(blocks.total * K * g.C);  // (block, K, C)
+  const int64_t row_bytes = g.C * element_size;
   blocks.parallel([&](int64_t b, int64_t n, int64_t r0, int64_t r1) {
     const F body = f;
     const int64_t C = g.C;
     std::vector<acc_t> acc(K * C, acc_t(0));  // (K, C) running sums of this block
     acc_t* a = acc.data();
-    Vec contrib[K];
-    for (int64_t row = r0; row < r1; ++row) {
-      run_vectors<V>(C, [&](int64_t c, int64_t count) {
-        body(row * C + c, count, RowCoef<acc_t>{n * C + c, c}, contrib);
-        for (int k = 0; k < K; ++k) {
-          store(a + k * C + c, load(a + k * C + c, count) + contrib[k], count);  // only count lanes written
-        }
-      });
+    if (!tile_rows(row_bytes)) {
+      Vec contrib[K];
+      for (int64_t row = r0; row < r1; ++row) {
+        run_vectors<V>(C, [&](int64_t c, int64_t count) {
+          body(row * C + c, count, RowCoef<acc_t>{n * C + c, c}, contrib);
+          for (int k = 0; k < K; ++k) {
+            store(a + k * C + c, load(a + k * C + c, count) + contrib[k], count);  // only count lanes written
+          }
+        });
+      }
+    } else {
+      for (int64_t t0 = r0; t0 < r1; t0 += kTileRows) {
+        const int64_t t1 = std::min(r1, t0 + kTileRows);
+        run_vectors<V>(C, [&](int64_t c, int64_t count) {
+          const RowCoef<acc_t> coef{n * C + c, c};
+          Vec sum[K], contrib[K];
+          for (int k = 0; k < K; ++k) sum[k] = load(a + k * C + c, count);
+          for (int64_t row = t0; row < t1; ++row) {
+            body(row * C + c, count, coef, contrib);
+            for (int k = 0; k < K; ++k) sum[k] = sum[k] + contrib[k];
+          }
+          for (int k = 0; k < K; ++k) store(a + k * C + c, sum[k], count);
+        });
+      }
     }
     std::copy(acc.begin(), acc.end(), partial.begin() + b * K * g.C);
   });
