@@ -13,6 +13,32 @@
 #include <limits>
 
 namespace resnet_fast::cpu {
+
+void batch_moments(const Geometry& g, const Tensor& y, double* mean, double* var, double* mean_nc) {
+  std::vector<double> m2_nc(g.N * g.C);
+  kernels().bn_stats(g, y, mean_nc, m2_nc.data());
+  // Sample-major loops (contiguous, vectorizable), each channel's terms still added in n order.
+  std::fill(mean, mean + g.C, 0.0);
+  for (int64_t n = 0; n < g.N; ++n) {
+    const double* m = mean_nc + n * g.C;
+    for (int64_t c = 0; c < g.C; ++c) mean[c] += m[c];
+  }
+  for (int64_t c = 0; c < g.C; ++c) mean[c] /= g.N;
+  std::vector<double> between(g.C, 0.0);
+  double* within = var;  // sum_n M2_nc, then the variance in place
+  std::fill(within, within + g.C, 0.0);
+  for (int64_t n = 0; n < g.N; ++n) {
+    const double* m = mean_nc + n * g.C;
+    const double* m2 = m2_nc.data() + n * g.C;
+    for (int64_t c = 0; c < g.C; ++c) {
+      const double d = m[c] - mean[c];
+      within[c] += m2[c];
+      between[c] += d * d;
+    }
+  }
+  for (int64_t c = 0; c < g.C; ++c) var[c] = (within[c] + g.HW * between[c]) / static_cast<double>(g.N * g.HW);
+}
+
 namespace {
 
 std::tuple<Tensor, Tensor, Tensor> bn_stats_cpu(const Tensor& y) {
@@ -29,22 +55,8 @@ std::tuple<Tensor, Tensor, Tensor> bn_stats_cpu(const Tensor& y) {
     sample_mean.fill_(nan);
     return {mean, var, sample_mean};
   }
-  std::vector<double> mean_nc(g.N * g.C), m2_nc(g.N * g.C);
-  kernels().bn_stats(g, y, mean_nc.data(), m2_nc.data());
-  std::vector<double> channel_mean(g.C), channel_var(g.C);
-  for (int64_t c = 0; c < g.C; ++c) {
-    double sum = 0;
-    for (int64_t n = 0; n < g.N; ++n) sum += mean_nc[n * g.C + c];
-    const double m = sum / g.N;
-    double within = 0, between = 0;
-    for (int64_t n = 0; n < g.N; ++n) {
-      const double d = mean_nc[n * g.C + c] - m;
-      within += m2_nc[n * g.C + c];
-      between += d * d;
-    }
-    channel_mean[c] = m;
-    channel_var[c] = (within + g.HW * between) / static_cast<double>(g.N * g.HW);
-  }
+  std::vector<double> channel_mean(g.C), channel_var(g.C), mean_nc(g.N * g.C);
+  batch_moments(g, y, channel_mean.data(), channel_var.data(), mean_nc.data());
   copy_from_double(channel_mean.data(), mean);
   copy_from_double(channel_var.data(), var);
   copy_from_double(mean_nc.data(), sample_mean);

@@ -126,6 +126,11 @@ extern const Kernels* const kAvx2Kernels;  // kernels_avx2.cpp; nullptr where no
 // The set for this CPU: AVX2 where torch's own capability is AVX2 or AVX512, else generic.
 const Kernels& kernels();
 
+// Batch statistics of a non-empty y (bn_stats.cpp): per-channel mean and biased variance (C,),
+// per-(n, c) mean (N, C), all in double; the channels combine their N equal-count groups
+// exactly, in a fixed order.
+void batch_moments(const Geometry& g, const Tensor& y, double* mean, double* var, double* mean_nc);
+
 // Copies a double buffer into an acc-dtype tensor of the same number of elements.
 void copy_from_double(const double* src, const Tensor& dst);
 

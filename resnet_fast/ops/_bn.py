@@ -31,6 +31,7 @@ In eval mode the statistics are constants: dy = a * dz.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Optional
 
 import torch
@@ -254,33 +255,87 @@ def se_gate_backward(dgate: Tensor, gate: Tensor, hidden: Tensor, squeeze: Tenso
 # ----------------------------------------------------------------------------- forward
 @dataclass
 class Normalized:
-    """What the backward needs of one normalized tensor (all per-channel, acc dtype)."""
+    """What the backward needs of one normalized tensor (per-channel, acc dtype), and the BN's
+    affine parameters; ``a`` and ``c0`` (bn(y) = a * y + c0) are computed at first use (the
+    C++ CPU path computes its own and never asks)."""
     mean: Tensor
     invstd: Tensor
-    a: Tensor
-    c0: Tensor
     count: int
+    weight: Optional[Tensor]
+    bias: Optional[Tensor]
+
+    @cached_property
+    def coefficients(self) -> tuple[Tensor, Tensor]:
+        return affine(self.mean, self.invstd, self.weight, self.bias)
+
+    @property
+    def a(self) -> Tensor:
+        return self.coefficients[0]
+
+    @property
+    def c0(self) -> Tensor:
+        return self.coefficients[1]
 
 
 def normalize(y, params, use_batch_stats, eps, group_name, need_sample_mean=False):
     mean, var, invstd, sample_mean, count, global_count = statistics(y, params, use_batch_stats, eps, group_name,
                                                                      need_sample_mean)
-    a, c0 = affine(mean, invstd, params.weight, params.bias)
     if use_batch_stats:
         var = unbiased(var, global_count)
-    return Normalized(mean, invstd, a, c0, count), var, sample_mean
+    return Normalized(mean, invstd, count, params.weight, params.bias), var, sample_mean
 
 
 def running_normalized(params: BNParams, eps: float, acc: torch.dtype) -> Normalized:
     """Normalization by the running statistics (eval mode), without looking at the data."""
     mean = params.running_mean.to(acc)
     invstd = torch.rsqrt(params.running_var.to(acc) + eps)
-    a, c0 = affine(mean, invstd, params.weight, params.bias)
-    return Normalized(mean, invstd, a, c0, 0)
+    return Normalized(mean, invstd, 0, params.weight, params.bias)
 
 
 def residual_coefficients(res: Optional[Normalized]):
     return (None, None) if res is None else (res.a, res.c0)
+
+
+# ----------------------------------------------------------------------------- the C++ CPU path
+NO_BN = BNParams(None, None, None, None)
+
+
+def cpu_fused(y: Tensor, se: Optional["SEParams"], group_name: str) -> bool:
+    """Whether ``torch.ops.resnet_fast.bn_act_forward / bn_act_backward`` (csrc/cpu/bn_act.cpp)
+    do the whole BN + activation in one C++ call per direction: same kernels and passes as the
+    primitives below, the per-channel algebra between them in C++ instead of ~30 small tensor
+    ops. For the CPU backend on a non-empty y, without Squeeze-Excitation or SyncBN."""
+    return (se is None and not group_name and y.device.type == "cpu" and y.numel() > 0
+            and backend.resolve("scale_shift_act", y.device) == "cpu")
+
+
+def _cpu_forward(y, params, use_batch_stats, eps, relu, residual, res_params) -> "ForwardResult":
+    res = res_params or NO_BN
+    out, mean, invstd, var, res_mean, res_invstd, res_var = torch.ops.resnet_fast.bn_act_forward(
+        y, params.weight, params.bias, params.running_mean, params.running_var, residual, res.weight, res.bias,
+        res.running_mean, res.running_var, res_params is not None, use_batch_stats, eps, relu)
+    count = y.shape[0] * y.shape[2] * y.shape[3]
+    norm = Normalized(mean, invstd, count, params.weight, params.bias)
+    if res_params is None:
+        return ForwardResult(out, norm, var, None, None, None)
+    return ForwardResult(out, norm, var, Normalized(res_mean, res_invstd, count, res.weight, res.bias), res_var, None)
+
+
+GRADIENTS = ("y", "weight", "bias", "residual", "res_weight", "res_bias")
+
+
+def _cpu_backward(grad_out, y, params, norm, use_batch_stats, relu, residual, res_params, res_norm,
+                  needs) -> "BackwardResult":
+    res = res_params or NO_BN
+    wanted = [bool(needs.get(name)) for name in GRADIENTS]
+    wanted[3] = wanted[3] and residual is not None
+    wanted[4] = wanted[4] and res_norm is not None
+    wanted[5] = wanted[5] and res_norm is not None
+    grads = torch.ops.resnet_fast.bn_act_backward(
+        grad_out, y, params.weight, params.bias, norm.mean, norm.invstd, residual, res.weight, res.bias,
+        None if res_norm is None else res_norm.mean, None if res_norm is None else res_norm.invstd,
+        use_batch_stats, relu, wanted)
+    return BackwardResult(*(g if w else None for g, w in zip(grads, wanted)), ())
 
 
 # ----------------------------------------------------------------------------- backward
@@ -303,6 +358,8 @@ def bn_act_backward(grad_out: Tensor, y: Tensor, params: BNParams, norm: Normali
 
     ``needs`` maps "y", "weight", "bias", "residual", "res_weight", "res_bias", "se" to bools.
     """
+    if cpu_fused(y, se, group_name):
+        return _cpu_backward(grad_out, y, params, norm, use_batch_stats, relu, residual, res_params, res_norm, needs)
     n, hw = y.shape[0], y.shape[2] * y.shape[3]
     grad_out = match_layout(grad_out, y)  # the kernels index both tensors alike
     res_scale, res_shift = residual_coefficients(res_norm)
@@ -413,6 +470,8 @@ def bn_act_forward(y: Tensor, params: BNParams, use_batch_stats: bool, eps: floa
                    residual: Optional[Tensor] = None, res_params: Optional[BNParams] = None,
                    se: Optional[SEParams] = None, group_name: str = "") -> ForwardResult:
     """out = act(bn(y) * gate + R) with R = residual, bn_res(residual) or 0; see the module docstring."""
+    if cpu_fused(y, se, group_name):
+        return _cpu_forward(y, params, use_batch_stats, eps, relu, residual, res_params)
     norm, var, sample_mean = normalize(y, params, use_batch_stats, eps, group_name, need_sample_mean=se is not None)
     res_norm = res_var = None
     if res_params is not None:
@@ -435,5 +494,4 @@ def empty_stats(y: Tensor) -> Tensor:
 
 def saved_normalized(mean: Tensor, invstd: Tensor, params: BNParams, y: Tensor) -> Normalized:
     """Rebuild Normalized in backward from the mean and invstd an op returned (count: local)."""
-    a, c0 = affine(mean, invstd, params.weight, params.bias)
-    return Normalized(mean, invstd, a, c0, y.shape[0] * y.shape[2] * y.shape[3])
+    return Normalized(mean, invstd, y.shape[0] * y.shape[2] * y.shape[3], params.weight, params.bias)

@@ -39,6 +39,29 @@ def _fake_backward_apply(grad_out, y, scale, shift, residual, res_scale, res_shi
     return torch.empty_like(y), grad_res
 
 
+def _fake_bn_act_forward(y, weight, bias, running_mean, running_var, residual, res_weight, res_bias,
+                         res_running_mean, res_running_var, residual_bn, use_batch_stats, eps, relu):
+    stats = y.new_empty((y.shape[1],), dtype=acc_dtype(y.dtype))
+    res = [torch.empty_like(stats) if residual_bn else stats.new_empty((0,)) for _ in range(3)]
+    return (torch.empty_like(y), torch.empty_like(stats), torch.empty_like(stats), torch.empty_like(stats), *res)
+
+
+def _fake_bn_act_backward(grad_out, y, weight, bias, mean, invstd, residual, res_weight, res_bias, res_mean,
+                          res_invstd, use_batch_stats, relu, needs):
+    def grad(wanted, like):
+        return torch.empty_like(like) if wanted and like is not None else y.new_empty((0,))
+
+    return (grad(needs[0], y), grad(needs[1], weight), grad(needs[2], bias),
+            grad(needs[3] and residual is not None, y), grad(needs[4] and res_mean is not None, res_weight),
+            grad(needs[5] and res_mean is not None, res_bias))
+
+
+# Ops of the compiled CPU library only (csrc/cpu/bn_act.cpp), used by ops/_bn.py's CPU path.
+_CPU_FUSED_FAKES = {
+    "bn_act_forward": _fake_bn_act_forward,
+    "bn_act_backward": _fake_bn_act_backward,
+}
+
 _FAKES = {
     "bn_stats": _fake_bn_stats,
     "scale_shift_act": _fake_scale_shift_act,
@@ -62,6 +85,9 @@ def register_primitives() -> None:
         _libraries.append(lib)
     for name, fake in _FAKES.items():
         torch.library.register_fake(f"resnet_fast::{name}", fake)
+    if loaded:
+        for name, fake in _CPU_FUSED_FAKES.items():
+            torch.library.register_fake(f"resnet_fast::{name}", fake)
 
 
 register_primitives()
