@@ -20,8 +20,10 @@ Tensor = torch.Tensor
 # ~4e-3 relative; 3e-2 leaves room for the statistics computed from bf16 inputs and for
 # models, whose 50 layers compound it.
 TOLERANCE = {torch.float32: 1e-4, torch.bfloat16: 3e-2, torch.float16: 3e-2}
-# GPU rounds are at least this long: one synchronize per round, not per call.
-MIN_ROUND_S = 2e-3
+# Rounds are at least this long. GPU: one synchronize per round, not per call. CPU: a
+# sub-millisecond op (the 14x14 and 7x7 stages) timed one call per round gives a median of a
+# handful of single calls, which this machine's scheduling noise moves by +-50 %.
+MIN_ROUND_S = {"cuda": 2e-3, "cpu": 20e-3}
 MAX_INNER = 200
 
 
@@ -83,8 +85,8 @@ def check_against_fp64(mine: dict, eager: dict, exact: dict, dtype: torch.dtype,
 
 
 def calibrate_inner(fn: Callable[[], object], settings: config.Settings) -> int:
-    """Calls per timed round: 1 on CPU; on GPU enough that a round lasts MIN_ROUND_S."""
-    if not settings.cuda or settings.smoke:
+    """Calls per timed round: enough that a round lasts MIN_ROUND_S (1 in smoke runs)."""
+    if settings.smoke:
         return 1
     fn()
     sync(settings.device)
@@ -93,7 +95,8 @@ def calibrate_inner(fn: Callable[[], object], settings: config.Settings) -> int:
         fn()
     sync(settings.device)
     per_call = (time.perf_counter() - start) / 3
-    return max(1, min(MAX_INNER, math.ceil(MIN_ROUND_S / max(per_call, 1e-7))))
+    min_round_s = MIN_ROUND_S["cuda" if settings.cuda else "cpu"]
+    return max(1, min(MAX_INNER, math.ceil(min_round_s / max(per_call, 1e-7))))
 
 
 def run_timed(benchmark, fn: Callable[[], object], settings: config.Settings, *, rounds: int, warmup: int,

@@ -10,6 +10,7 @@ if not torch.cuda.is_available():
 
 import resnet_fast  # noqa: E402
 from resnet_fast import backend  # noqa: E402
+from op_testing import selected_backend  # noqa: E402
 
 
 def cpu_backends():
@@ -24,7 +25,5 @@ def cpu_backends():
 @pytest.fixture(params=cpu_backends())
 def op_backend(request):
     """Run the test once per backend usable for CPU tensors, restoring the selection after."""
-    previous = backend.get_backend()
-    resnet_fast.set_backend(request.param)
-    yield request.param
-    resnet_fast.set_backend(previous)
+    with selected_backend(request.param) as name:
+        yield name

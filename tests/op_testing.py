@@ -9,9 +9,12 @@ decides: the fused ops must equal eager up to summation order.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 
 import torch
+
+import resnet_fast
 
 DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 FORMATS = {"contiguous": torch.contiguous_format, "channels_last": torch.channels_last}
@@ -179,3 +182,14 @@ def saved_bytes(call, exclude=(), keep=lambda t: True) -> int:
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         call()
     return sum(storages.values())
+
+
+@contextlib.contextmanager
+def selected_backend(name: str):
+    """resnet_fast.set_backend(name) for the block, the previous selection restored after."""
+    previous = resnet_fast.get_backend()
+    resnet_fast.set_backend(name)
+    try:
+        yield name
+    finally:
+        resnet_fast.set_backend(previous)

@@ -21,6 +21,7 @@ import torch
 import resnet_fast
 from resnet_fast import _extension, ops
 from resnet_fast.ops import _bn
+from op_testing import selected_backend
 
 pytestmark = pytest.mark.skipif(
     not (_extension.load() and torch._C._dispatch_has_kernel_for_dispatch_key("resnet_fast::bn_act_forward", "CPU")),
@@ -35,10 +36,8 @@ NEEDS_ALL = dict.fromkeys(_bn.GRADIENTS, True)
 
 @pytest.fixture(autouse=True)
 def cpu_backend():
-    previous = resnet_fast.get_backend()
-    resnet_fast.set_backend("cpu")
-    yield
-    resnet_fast.set_backend(previous)
+    with selected_backend("cpu"):
+        yield
 
 
 def bn_params(channels, dtype, seed):

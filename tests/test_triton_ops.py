@@ -5,11 +5,10 @@ Small shapes only: the interpreter runs each program in Python.
 import pytest
 import torch
 
-import resnet_fast
 import test_bn_add_relu as bn_add_relu_cases
 import test_conv_bn_relu as conv_cases
 import test_squeeze_excite as se_cases
-from op_testing import FORMATS, compare
+from op_testing import FORMATS, compare, selected_backend
 from resnet_fast import backend, ops
 from resnet_fast.ops import reference
 
@@ -18,10 +17,8 @@ pytestmark = pytest.mark.skipif(not backend.triton_status()[0], reason=backend.t
 
 @pytest.fixture(autouse=True)
 def triton_backend():
-    previous = backend.get_backend()
-    resnet_fast.set_backend("triton")
-    yield
-    resnet_fast.set_backend(previous)
+    with selected_backend("triton"):
+        yield
 
 
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
