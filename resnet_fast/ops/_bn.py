@@ -27,6 +27,10 @@ A = sum_hw g and B = sum_hw g * (y - mean); since gate and ds are constant over
 
 and ``scale_shift_act_backward_apply`` evaluates dy = k_g * g + k_0 + k_y * (y - mean).
 In eval mode the statistics are constants: dy = a * dz.
+
+On the cpu backend without Squeeze-Excitation or SyncBN, ``bn_act_forward`` and
+``bn_act_backward`` hand the whole computation to one C++ op per direction
+(csrc/cpu/bn_act.cpp, see ``cpu_fused``): the same kernels, with this algebra in C++.
 """
 from __future__ import annotations
 
