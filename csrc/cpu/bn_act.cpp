@@ -111,6 +111,23 @@ Tensor expand_nc(const Tensor& per_channel, int64_t n) {
   return per_channel.unsqueeze(0).expand({n, per_channel.numel()}).contiguous();
 }
 
+// The coefficients of z = y * scale + shift + bn_res(residual) that the kernels take
+// (PreActArgs), from the BN of y and, when given, the residual's.
+struct PreActCoefs {
+  Tensor scale, shift;
+  OptTensor res_scale, res_shift;
+
+  PreActCoefs(const Norm& norm, const Norm* res, int64_t n)
+      : scale(expand_nc(norm.a, n)),
+        shift(expand_nc(norm.c0, n)),
+        res_scale(res != nullptr ? OptTensor(res->a) : std::nullopt),
+        res_shift(res != nullptr ? OptTensor(res->c0) : std::nullopt) {}
+
+  PreActArgs args(const Tensor& y, const OptTensor& residual, bool relu) const {
+    return PreActArgs{y, scale, shift, residual, res_scale, res_shift, relu};
+  }
+};
+
 using Outputs7 = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>;
 
 Outputs7 bn_act_forward_cpu(const Tensor& y, const OptTensor& weight, const OptTensor& bias,
@@ -134,10 +151,8 @@ Outputs7 bn_act_forward_cpu(const Tensor& y, const OptTensor& weight, const OptT
   if (residual_bn) {
     res = normalize(g, *residual, acc, res_weight, res_bias, res_running_mean, res_running_var, use_batch_stats, eps);
   }
-  const Tensor scale = expand_nc(norm.a, g.N), shift = expand_nc(norm.c0, g.N);
-  const OptTensor res_scale = residual_bn ? OptTensor(res.a) : std::nullopt;
-  const OptTensor res_shift = residual_bn ? OptTensor(res.c0) : std::nullopt;
-  const PreActArgs args{y, scale, shift, residual, res_scale, res_shift, relu};
+  const PreActCoefs coefs(norm, residual_bn ? &res : nullptr, g.N);
+  const PreActArgs args = coefs.args(y, residual, relu);
   Tensor out = empty_activation_like(y);
   if (y.numel() > 0) kernels().scale_shift_act(g, args, out);
   const Tensor empty = at::empty({0}, y.options().dtype(acc));
@@ -194,15 +209,6 @@ struct BackwardAlgebra {
   }
 };
 
-// A (C,) acc tensor of sums over n of the (N, C) double block `nc` (in n order).
-std::vector<double> sum_over_n(const double* nc, int64_t N, int64_t C) {
-  std::vector<double> out(C, 0.0);
-  for (int64_t n = 0; n < N; ++n) {
-    for (int64_t c = 0; c < C; ++c) out[c] += nc[n * C + c];
-  }
-  return out;
-}
-
 using Outputs6 = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>;
 
 // needs: gradients wanted for (y, weight, bias, residual, res_weight, res_bias); the others
@@ -237,10 +243,8 @@ Outputs6 bn_act_backward_cpu(const Tensor& grad_out_any, const Tensor& y, const 
   const Norm norm = affine_of(mean, invstd, weight, bias);
   Norm res;
   if (residual_bn) res = affine_of(*res_mean, *res_invstd, res_weight, res_bias);
-  const Tensor scale = expand_nc(norm.a, g.N), shift = expand_nc(norm.c0, g.N);
-  const OptTensor res_scale = residual_bn ? OptTensor(res.a) : std::nullopt;
-  const OptTensor res_shift = residual_bn ? OptTensor(res.c0) : std::nullopt;
-  const PreActArgs args{y, scale, shift, residual, res_scale, res_shift, relu};
+  const PreActCoefs coefs(norm, residual_bn ? &res : nullptr, g.N);
+  const PreActArgs args = coefs.args(y, residual, relu);
 
   const int64_t NC = g.N * g.C;
   std::vector<double> sums((residual_bn ? 3 : 2) * NC, 0.0);  // (K, N, C)
@@ -288,8 +292,8 @@ Outputs6 bn_act_backward_cpu(const Tensor& grad_out_any, const Tensor& y, const 
     const OptTensor rkr = with_res ? OptTensor(res_k[2]) : std::nullopt;
     const OptTensor rctr = with_res ? OptTensor(res_k[3]) : std::nullopt;
     if (g.numel() > 0) {
-      const ApplyArgs coefs{k_g, k_0, k_y, mean, rkg, rk0, rkr, rctr};
-      kernels().backward_apply(g, args, grad_out, coefs, grad_y, with_res ? &grad_residual : nullptr);
+      const ApplyArgs apply{k_g, k_0, k_y, mean, rkg, rk0, rkr, rctr};
+      kernels().backward_apply(g, args, grad_out, apply, grad_y, with_res ? &grad_residual : nullptr);
     }
     if (!needs[0]) grad_y = empty.clone();
   }

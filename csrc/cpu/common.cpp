@@ -104,6 +104,14 @@ const Kernels& kernels() {
   return chosen;
 }
 
+std::vector<double> sum_over_n(const double* nc, int64_t N, int64_t C) {
+  std::vector<double> out(C, 0.0);
+  for (int64_t n = 0; n < N; ++n) {
+    for (int64_t c = 0; c < C; ++c) out[c] += nc[n * C + c];
+  }
+  return out;
+}
+
 void copy_from_double(const double* src, const Tensor& dst) {
   AT_DISPATCH_FLOATING_TYPES(dst.scalar_type(), "copy_from_double", [&] {
     scalar_t* out = dst.mutable_data_ptr<scalar_t>();

@@ -131,6 +131,9 @@ const Kernels& kernels();
 // exactly, in a fixed order.
 void batch_moments(const Geometry& g, const Tensor& y, double* mean, double* var, double* mean_nc);
 
+// Sums over n of an (N, C) row-major double block, per channel, added in n order.
+std::vector<double> sum_over_n(const double* nc, int64_t N, int64_t C);
+
 // Copies a double buffer into an acc-dtype tensor of the same number of elements.
 void copy_from_double(const double* src, const Tensor& dst);
 

@@ -53,13 +53,7 @@ std::tuple<Tensor, Tensor, Tensor> scale_shift_act_backward_reduce_cpu(
   if (g.numel() > 0) kernels().backward_reduce(g, args, grad_out, center, res_center, sums.data());
   copy_from_double(sums.data(), sum_g);
   copy_from_double(sums.data() + NC, sum_g_y);
-  if (with_res) {  // sum over n, in order
-    std::vector<double> per_channel(g.C, 0.0);
-    for (int64_t n = 0; n < g.N; ++n) {
-      for (int64_t c = 0; c < g.C; ++c) per_channel[c] += sums[2 * NC + n * g.C + c];
-    }
-    copy_from_double(per_channel.data(), sum_g_res);
-  }
+  if (with_res) copy_from_double(sum_over_n(sums.data() + 2 * NC, g.N, g.C).data(), sum_g_res);
   return {sum_g, sum_g_y, sum_g_res};
 }
 
