@@ -451,6 +451,12 @@ def update_running_stats(running_mean: Optional[Tensor], running_var: Optional[T
         factor = 1.0 / num_batches_tracked.to(batch_mean.dtype)
     else:
         factor = momentum
+        if running_mean.dtype == batch_mean.dtype and running_var.dtype == unbiased_var.dtype:
+            # Two foreach calls instead of eight small ops: at the 7x7 stage this update
+            # costs as much host time as a fused op's kernels.
+            torch._foreach_mul_([running_mean, running_var], 1 - factor)
+            torch._foreach_add_([running_mean, running_var], [batch_mean, unbiased_var], alpha=factor)
+            return
     running_mean.copy_(batch_mean * factor + running_mean.to(batch_mean.dtype) * (1 - factor))
     running_var.copy_(unbiased_var * factor + running_var.to(unbiased_var.dtype) * (1 - factor))
 

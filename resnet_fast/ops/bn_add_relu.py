@@ -11,19 +11,21 @@ from typing import Optional, Sequence
 
 import torch
 
-from . import _block_tail
+from . import _block_tail, _direct_call
 
 Tensor = torch.Tensor
 
 
-@torch.library.custom_op("resnet_fast::bn_add_relu", mutates_args=())
-def bn_add_relu_op(y: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], running_mean: Optional[Tensor],
-                   running_var: Optional[Tensor], identity: Tensor, identity_bn: bool, id_weight: Optional[Tensor],
-                   id_bias: Optional[Tensor], id_running_mean: Optional[Tensor], id_running_var: Optional[Tensor],
-                   use_batch_stats: bool, eps: float, relu: bool, group_name: str) -> tuple[
+def _forward(y: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], running_mean: Optional[Tensor],
+             running_var: Optional[Tensor], identity: Tensor, identity_bn: bool, id_weight: Optional[Tensor],
+             id_bias: Optional[Tensor], id_running_mean: Optional[Tensor], id_running_var: Optional[Tensor],
+             use_batch_stats: bool, eps: float, relu: bool, group_name: str) -> tuple[
         Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     return _block_tail.forward(y, weight, bias, running_mean, running_var, identity, identity_bn, id_weight, id_bias,
                                id_running_mean, id_running_var, use_batch_stats, eps, relu, group_name)
+
+
+bn_add_relu_op = torch.library.custom_op("resnet_fast::bn_add_relu", _forward, mutates_args=())
 
 
 @bn_add_relu_op.register_fake
@@ -48,7 +50,7 @@ def _backward(ctx, grad_out, *_):
             r.grad_res_bias) + (None,) * 6
 
 
-bn_add_relu_op.register_autograd(_backward, setup_context=_setup_context)
+_call_op = _direct_call.register_autograd(bn_add_relu_op, _forward, _setup_context, _backward)
 
 
 def bn_add_relu(y: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], running_mean: Optional[Tensor],
@@ -64,5 +66,5 @@ def bn_add_relu(y: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], run
     the statistics across a process group (SyncBatchNorm).
     """
     bn = (weight, bias, running_mean, running_var, num_batches_tracked)
-    return _block_tail.call("bn_add_relu", bn_add_relu_op, y, bn, identity, identity_bn, (), training=training,
+    return _block_tail.call("bn_add_relu", _call_op, y, bn, identity, identity_bn, (), training=training,
                             momentum=momentum, eps=eps, relu=relu, group_name=group_name)

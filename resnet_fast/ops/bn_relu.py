@@ -12,21 +12,23 @@ from typing import Optional
 
 import torch
 
-from . import _bn
+from . import _bn, _direct_call
 from ._autocast import autocast_disabled
 
 Tensor = torch.Tensor
 OP = "resnet_fast::bn_relu"
 
 
-@torch.library.custom_op(OP, mutates_args=())
-def bn_relu_op(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], running_mean: Optional[Tensor],
-               running_var: Optional[Tensor], use_batch_stats: bool, eps: float, relu: bool,
-               group_name: str) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+def _forward(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], running_mean: Optional[Tensor],
+             running_var: Optional[Tensor], use_batch_stats: bool, eps: float, relu: bool,
+             group_name: str) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     params = _bn.BNParams(weight, bias, running_mean, running_var)
     result = _bn.bn_act_forward(x, params, use_batch_stats, eps, relu, group_name=group_name)
     var = result.var if use_batch_stats else _bn.empty_stats(x)
     return result.out, result.norm.mean.clone(), result.norm.invstd, var
+
+
+bn_relu_op = torch.library.custom_op(OP, _forward, mutates_args=())
 
 
 @bn_relu_op.register_fake
@@ -55,7 +57,7 @@ def _backward(ctx, grad_out, *_):
     return result.grad_y, result.grad_weight, result.grad_bias, None, None, None, None, None, None
 
 
-bn_relu_op.register_autograd(_backward, setup_context=_setup_context)
+_call_op = _direct_call.register_autograd(bn_relu_op, _forward, _setup_context, _backward)
 
 
 def bn_relu(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], running_mean: Optional[Tensor],
@@ -73,7 +75,7 @@ def bn_relu(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], running
     params = _bn.BNParams(weight, bias, running_mean, running_var)
     _bn.check_batch_norm("bn_relu", x, params, use_batch_stats)
     with autocast_disabled(x):
-        out, mean, _, var = bn_relu_op(_bn.standard_layout(x), weight, bias, running_mean, running_var,
+        out, mean, _, var = _call_op(_bn.standard_layout(x), weight, bias, running_mean, running_var,
                                        use_batch_stats, eps, relu, group_name)
     if training and running_mean is not None:
         _bn.update_running_stats(running_mean, running_var, num_batches_tracked, mean, var, momentum)

@@ -20,22 +20,24 @@ import torch
 import torch.nn.functional as F
 from torch.nn.modules.utils import _pair
 
-from . import _bn
+from . import _bn, _direct_call
 from ._autocast import autocast_disabled, autocast_dtype, cast_for_conv
 
 Tensor = torch.Tensor
 
 
-@torch.library.custom_op("resnet_fast::bn_relu_conv", mutates_args=())
-def bn_relu_conv_op(y: Tensor, bn_weight: Optional[Tensor], bn_bias: Optional[Tensor],
-                    running_mean: Optional[Tensor], running_var: Optional[Tensor], weight: Tensor,
-                    stride: Sequence[int], padding: Sequence[int], dilation: Sequence[int], groups: int,
-                    use_batch_stats: bool, eps: float, group_name: str) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+def _forward(y: Tensor, bn_weight: Optional[Tensor], bn_bias: Optional[Tensor], running_mean: Optional[Tensor],
+             running_var: Optional[Tensor], weight: Tensor, stride: Sequence[int], padding: Sequence[int],
+             dilation: Sequence[int], groups: int, use_batch_stats: bool, eps: float,
+             group_name: str) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     params = _bn.BNParams(bn_weight, bn_bias, running_mean, running_var)
     result = _bn.bn_act_forward(y, params, use_batch_stats, eps, True, group_name=group_name)
     out = F.conv2d(result.out.to(weight.dtype), weight, None, stride, padding, dilation, groups)
     var = result.var if use_batch_stats else _bn.empty_stats(y)
     return out, result.norm.mean.clone(), result.norm.invstd, var
+
+
+bn_relu_conv_op = torch.library.custom_op("resnet_fast::bn_relu_conv", _forward, mutates_args=())
 
 
 @bn_relu_conv_op.register_fake
@@ -80,7 +82,7 @@ def _backward(ctx, grad_out, *_):
     return (grad_y, grad_gamma, grad_beta, None, None, grad_w) + (None,) * 7
 
 
-bn_relu_conv_op.register_autograd(_backward, setup_context=_setup_context)
+_call_op = _direct_call.register_autograd(bn_relu_conv_op, _forward, _setup_context, _backward)
 
 
 def bn_relu_conv(y: Tensor, bn_weight: Optional[Tensor], bn_bias: Optional[Tensor], running_mean: Optional[Tensor],
@@ -103,7 +105,7 @@ def bn_relu_conv(y: Tensor, bn_weight: Optional[Tensor], bn_bias: Optional[Tenso
                 lambda: f"bn_relu_conv: y is {y.dtype}, weight {weight.dtype}")
     stride, padding, dilation = list(_pair(stride)), list(_pair(padding)), list(_pair(dilation))
     with autocast_disabled(y):
-        out, mean, _, var = bn_relu_conv_op(_bn.standard_layout(y), bn_weight, bn_bias, running_mean, running_var,
+        out, mean, _, var = _call_op(_bn.standard_layout(y), bn_weight, bn_bias, running_mean, running_var,
                                             weight, stride, padding, dilation, groups, use_batch_stats, eps,
                                             group_name)
     if training and running_mean is not None:

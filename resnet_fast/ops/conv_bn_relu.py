@@ -31,20 +31,18 @@ import torch
 import torch.nn.functional as F
 from torch.nn.modules.utils import _pair
 
-from . import _bn
+from . import _bn, _direct_call
 from ._autocast import autocast_disabled, cast_for_conv
 from ._folded_conv import folded_conv
 
 Tensor = torch.Tensor
 
 
-@torch.library.custom_op("resnet_fast::conv_bn_relu", mutates_args=())
-def conv_bn_relu_op(x: Tensor, weight: Tensor, bn_weight: Optional[Tensor], bn_bias: Optional[Tensor],
-                    running_mean: Optional[Tensor], running_var: Optional[Tensor], residual: Optional[Tensor],
-                    stride: Sequence[int], padding: Sequence[int], dilation: Sequence[int], groups: int,
-                    use_batch_stats: bool, fold_bn: bool, eps: float, relu: bool, recompute_conv: bool,
-                    group_name: str) -> tuple[
-        Tensor, Tensor, Tensor, Tensor, Tensor]:
+def _forward(x: Tensor, weight: Tensor, bn_weight: Optional[Tensor], bn_bias: Optional[Tensor],
+             running_mean: Optional[Tensor], running_var: Optional[Tensor], residual: Optional[Tensor],
+             stride: Sequence[int], padding: Sequence[int], dilation: Sequence[int], groups: int,
+             use_batch_stats: bool, fold_bn: bool, eps: float, relu: bool, recompute_conv: bool,
+             group_name: str) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     params = _bn.BNParams(bn_weight, bn_bias, running_mean, running_var)
     if fold_bn:  # inference: conv(x, weight * a) with a bias(+residual)+ReLU epilogue
         out, norm = folded_conv(x, weight, params, eps, stride, padding, dilation, groups, relu, residual)
@@ -54,6 +52,9 @@ def conv_bn_relu_op(x: Tensor, weight: Tensor, bn_weight: Optional[Tensor], bn_b
     result = _bn.bn_act_forward(y, params, use_batch_stats, eps, relu, residual, group_name=group_name)
     var = result.var if use_batch_stats else _bn.empty_stats(y)
     return result.out, y, result.norm.mean.clone(), result.norm.invstd, var
+
+
+conv_bn_relu_op = torch.library.custom_op("resnet_fast::conv_bn_relu", _forward, mutates_args=())
 
 
 def _folded_y(x: Tensor) -> Tensor:
@@ -120,7 +121,7 @@ def _backward(ctx, grad_out, *_):
     return (grad_x, grad_w, r.grad_weight, r.grad_bias, None, None, grad_residual) + (None,) * 10
 
 
-conv_bn_relu_op.register_autograd(_backward, setup_context=_setup_context)
+_call_op = _direct_call.register_autograd(conv_bn_relu_op, _forward, _setup_context, _backward)
 
 
 def conv_bn_relu(x: Tensor, weight: Tensor, bn_weight: Optional[Tensor], bn_bias: Optional[Tensor],
@@ -166,7 +167,7 @@ def conv_bn_relu(x: Tensor, weight: Tensor, bn_weight: Optional[Tensor], bn_bias
         t is not None and t.requires_grad for t in (x, weight, bn_weight, bn_bias, residual))
     fold_bn = not use_batch_stats and not needs_grad
     with autocast_disabled(x):
-        out, _, mean, _, var = conv_bn_relu_op(x, weight, bn_weight, bn_bias, running_mean, running_var, residual,
+        out, _, mean, _, var = _call_op(x, weight, bn_weight, bn_bias, running_mean, running_var, residual,
                                                stride, padding, dilation, groups, use_batch_stats, fold_bn, eps,
                                                relu, recompute_conv and not fold_bn, group_name)
     if training and running_mean is not None:

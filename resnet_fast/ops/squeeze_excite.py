@@ -16,21 +16,23 @@ from typing import Optional, Sequence
 
 import torch
 
-from . import _block_tail, _bn
+from . import _block_tail, _bn, _direct_call
 
 Tensor = torch.Tensor
 
 
-@torch.library.custom_op("resnet_fast::squeeze_excite", mutates_args=())
-def squeeze_excite_op(y: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], running_mean: Optional[Tensor],
-                      running_var: Optional[Tensor], identity: Tensor, identity_bn: bool,
-                      id_weight: Optional[Tensor], id_bias: Optional[Tensor], id_running_mean: Optional[Tensor],
-                      id_running_var: Optional[Tensor], fc1_weight: Tensor, fc1_bias: Optional[Tensor],
-                      fc2_weight: Tensor, fc2_bias: Optional[Tensor], use_batch_stats: bool, eps: float, relu: bool,
-                      group_name: str) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+def _forward(y: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], running_mean: Optional[Tensor],
+             running_var: Optional[Tensor], identity: Tensor, identity_bn: bool, id_weight: Optional[Tensor],
+             id_bias: Optional[Tensor], id_running_mean: Optional[Tensor], id_running_var: Optional[Tensor],
+             fc1_weight: Tensor, fc1_bias: Optional[Tensor], fc2_weight: Tensor, fc2_bias: Optional[Tensor],
+             use_batch_stats: bool, eps: float, relu: bool, group_name: str) -> tuple[
+        Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     se = _bn.SEParams(fc1_weight, fc1_bias, fc2_weight, fc2_bias)
     return _block_tail.forward(y, weight, bias, running_mean, running_var, identity, identity_bn, id_weight, id_bias,
                                id_running_mean, id_running_var, use_batch_stats, eps, relu, group_name, se)
+
+
+squeeze_excite_op = torch.library.custom_op("resnet_fast::squeeze_excite", _forward, mutates_args=())
 
 
 @squeeze_excite_op.register_fake
@@ -64,7 +66,7 @@ def _backward(ctx, grad_out, *_):
             r.grad_res_bias, None, None, d_fc1_weight, d_fc1_bias, d_fc2_weight, d_fc2_bias) + (None,) * 4
 
 
-squeeze_excite_op.register_autograd(_backward, setup_context=_setup_context)
+_call_op = _direct_call.register_autograd(squeeze_excite_op, _forward, _setup_context, _backward)
 
 
 def squeeze_excite(y: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], running_mean: Optional[Tensor],
@@ -86,5 +88,5 @@ def squeeze_excite(y: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], 
                          f"got {tuple(fc2_weight.shape)}")
     bn = (weight, bias, running_mean, running_var, num_batches_tracked)
     se = (fc1_weight, fc1_bias, fc2_weight, fc2_bias)
-    return _block_tail.call("squeeze_excite", squeeze_excite_op, y, bn, identity, identity_bn, se, training=training,
+    return _block_tail.call("squeeze_excite", _call_op, y, bn, identity, identity_bn, se, training=training,
                             momentum=momentum, eps=eps, relu=relu, group_name=group_name)

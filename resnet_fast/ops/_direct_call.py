@@ -1,0 +1,77 @@
+"""Call a fused op's implementation without torch's custom-op dispatch when nothing needs it.
+
+Every fused op is a ``torch.library.custom_op`` with an autograd formula, which is what
+torch.compile, torch.export, opcheck, FakeTensor and tensor subclasses see. In plain eager
+mode the same call costs ~100 µs of host time per forward+backward before any kernel runs:
+the dispatcher, the Python autograd kernel that custom_op generates (it re-binds every
+argument to the schema, ``torch._library.utils.fill_defaults``, quadratic in their number),
+a redispatch below autograd and pytree handling. At the 7×7 and 14×14 stages on a CPU
+that is a fifth of the op; on a GPU it is many times the kernels.
+
+``register_autograd`` registers the formula on the op as usual and returns a caller. The
+caller runs the op's own forward, setup_context and backward as a plain
+``torch.autograd.Function``, the same autograd node the generated kernel would build,
+when the call is plain eager on CPU or CUDA tensors; otherwise (compiling, tracing, a
+dispatch or torch-function mode, functorch transforms, tensor subclasses, other devices)
+it calls the registered op. Both give the same results bit for bit
+(tests/test_direct_call.py).
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Callable
+
+import torch
+from torch.overrides import has_torch_function
+
+_state = {"enabled": True}
+
+
+def direct_call_allowed(args: tuple) -> bool:
+    """Whether ``args`` (the op's arguments, first one a tensor) may skip the dispatcher."""
+    return (_state["enabled"]
+            and args[0].device.type in ("cpu", "cuda")
+            and not torch.compiler.is_compiling()
+            and not torch.jit.is_tracing()
+            and torch._C._len_torch_dispatch_stack() == 0
+            and torch._C._len_torch_function_stack() == 0
+            and not torch._C._are_functorch_transforms_active()
+            and not has_torch_function(args))
+
+
+@contextlib.contextmanager
+def through_dispatcher():
+    """Inside: every call goes through the registered op (tests compare both paths)."""
+    previous = _state["enabled"]
+    _state["enabled"] = False
+    try:
+        yield
+    finally:
+        _state["enabled"] = previous
+
+
+def register_autograd(op, forward: Callable, setup_context: Callable, backward: Callable) -> Callable:
+    """``op.register_autograd(backward, setup_context=setup_context)``; returns ``call(*args)``
+    running ``forward`` (the op's implementation) directly where ``direct_call_allowed``."""
+    op.register_autograd(backward, setup_context=setup_context)
+    name = op._name
+
+    # forward(ctx, ...) rather than a separate setup_context: Function.apply binds the
+    # arguments of the latter style with inspect.signature, ~40 µs for an op's 9-19 arguments.
+    def forward_and_setup(ctx, *args):
+        output = forward(*args)
+        setup_context(ctx, args, output)
+        return output
+
+    function = type(f"{name}_direct", (torch.autograd.Function,), {
+        "forward": staticmethod(forward_and_setup),
+        "backward": staticmethod(backward),
+    })
+
+    def call(*args):
+        if direct_call_allowed(args):
+            return function.apply(*args)
+        return op(*args)
+
+    call.__name__ = call.__qualname__ = f"call_{name}"
+    return call
