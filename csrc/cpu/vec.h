@@ -165,27 +165,42 @@ struct PreActivation {
         res_shift(data_or_null<acc>(a.res_shift)),
         relu(a.relu) {}
 
+  // The coefficients of one vector of lanes (loaded once per tile by for_each_vector_hoisted).
+  struct Coefs {
+    Vec scale, shift, res_scale, res_shift;
+  };
+
+  template <typename Coef>
+  Coefs coefs(const Coef& k, int64_t count) const {
+    Coefs c{k.per_sample(scale, count), k.per_sample(shift, count), Vec(0), Vec(0)};
+    if (res_scale != nullptr) {
+      c.res_scale = k.per_channel(res_scale, count);
+      c.res_shift = k.per_channel(res_shift, count);
+    }
+    return c;
+  }
+
   Vec load_residual(int64_t offset, int64_t count) const {
     return residual != nullptr ? load(residual + offset, count) : Vec(0);
   }
 
   // z from the loaded y and residual vectors (rv is ignored without a residual).
-  template <typename Coef>
-  Vec z(const Vec& yv, const Vec& rv, const Coef& k, int64_t count) const {
-    Vec out = yv * k.per_sample(scale, count) + k.per_sample(shift, count);
-    if (residual != nullptr) {
-      out = out + (res_scale != nullptr ? rv * k.per_channel(res_scale, count) + k.per_channel(res_shift, count)
-                                        : rv);
-    }
+  Vec z(const Vec& yv, const Vec& rv, const Coefs& k) const {
+    Vec out = yv * k.scale + k.shift;
+    if (residual != nullptr) out = out + (res_scale != nullptr ? rv * k.res_scale + k.res_shift : rv);
     return out;
   }
 
   // g = grad * (z > 0) with relu, else grad (a NaN z masks to 0, as torch.where(z > 0, ...)).
-  template <typename Coef>
-  Vec masked_grad(const Vec& gv, const Vec& yv, const Vec& rv, const Coef& k, int64_t count) const {
+  Vec masked_grad(const Vec& gv, const Vec& yv, const Vec& rv, const Coefs& k) const {
     if (!relu) return gv;
     const Vec zero(0);
-    return Vec::blendv(zero, gv, z(yv, rv, k, count) > zero);
+    return Vec::blendv(zero, gv, z(yv, rv, k) > zero);
+  }
+
+  template <typename Coef>
+  Vec masked_grad(const Vec& gv, const Vec& yv, const Vec& rv, const Coef& k, int64_t count) const {
+    return masked_grad(gv, yv, rv, coefs(k, count));
   }
 };
 
@@ -257,6 +272,37 @@ struct RowBlocks {
 constexpr int64_t kTileRows = 8;
 
 inline bool tile_rows(int64_t row_bytes) { return row_bytes >= 4096; }
+
+// for_each_vector for kernels whose per-vector coefficients are loaded apart from the data:
+// load(coef, count) returns them (a struct of vectors), f(offset, count, loaded) uses them.
+// NHWC rows of >= 4 KiB (tile_rows, above) run in tiles of kTileRows rows of one sample, with
+// each channel vector's coefficients loaded once per tile: at the wide, cache-resident 7x7
+// and 14x14 stages the 4-8 coefficient loads of every data vector bound the loop otherwise
+// (the stores may alias the tables, so the compiler cannot keep them in registers itself).
+template <typename acc_t, typename Load, typename F>
+void for_each_vector_hoisted(const Geometry& g, int64_t element_size, const Load& load, const F& f) {
+  constexpr int64_t V = at::vec::Vectorized<acc_t>::size();
+  if (!g.channels_last || !tile_rows(g.C * element_size)) {
+    for_each_vector<acc_t>(g, [=](int64_t off, int64_t count, const auto& k) { f(off, count, load(k, count)); });
+    return;
+  }
+  const int64_t tiles_per_sample = (g.HW + kTileRows - 1) / kTileRows;
+  const int64_t grain = std::max<int64_t>(1, kGrainElems / (kTileRows * g.C));
+  at::parallel_for(0, g.N * tiles_per_sample, grain, [&](int64_t begin, int64_t end) {
+    const Load load_coefs = load;  // locals: see for_each_vector
+    const F body = f;
+    const int64_t C = g.C, HW = g.HW;
+    for (int64_t t = begin; t < end; ++t) {
+      const int64_t n = t / tiles_per_sample;
+      const int64_t r0 = n * HW + (t % tiles_per_sample) * kTileRows;
+      const int64_t r1 = std::min(r0 + kTileRows, (n + 1) * HW);
+      run_vectors<V>(C, [&](int64_t c, int64_t count) {
+        const auto coefs = load_coefs(RowCoef<acc_t>{n * C + c, c}, count);
+        for (int64_t row = r0; row < r1; ++row) body(row * C + c, count, coefs);
+      });
+    }
+  });
+}
 
 // Sum over (h, w) of K quantities: out[k][n * C + c] = sum_hw contribution_k.
 // f(offset, count, coef, Vec (&contrib)[K]) writes one vector's K contributions (lanes past
