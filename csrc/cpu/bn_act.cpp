@@ -246,9 +246,18 @@ Outputs6 bn_act_backward_cpu(const Tensor& grad_out_any, const Tensor& y, const 
   const PreActCoefs coefs(norm, residual_bn ? &res : nullptr, g.N);
   const PreActArgs args = coefs.args(y, residual, relu);
 
+  const Tensor empty = at::empty({0}, y.options());
+  // A plain residual's gradient is the masked gradient g itself: the reduction pass writes it,
+  // and grad_y's pass then reads g and y instead of grad_out, y and the residual (one pass over
+  // an activation fewer than the general apply, which writes grad_residual from all three).
+  const bool plain_residual_grad = needs[3] && given(residual) && !residual_bn;
+  Tensor grad_residual = plain_residual_grad ? empty_activation_like(y) : empty.clone();
   const int64_t NC = g.N * g.C;
   std::vector<double> sums((residual_bn ? 3 : 2) * NC, 0.0);  // (K, N, C)
-  if (g.numel() > 0) kernels().backward_reduce(g, args, grad_out, mean, res_mean, sums.data());
+  if (g.numel() > 0) {
+    kernels().backward_reduce(g, args, grad_out, mean, res_mean, sums.data(),
+                              plain_residual_grad ? &grad_residual : nullptr);
+  }
   auto to_acc = [&](const std::vector<double>& v) {
     Tensor t = at::empty({g.C}, options);
     copy_from_double(v.data(), t);
@@ -258,7 +267,6 @@ Outputs6 bn_act_backward_cpu(const Tensor& grad_out_any, const Tensor& y, const 
   const Tensor sum_dz_y = to_acc(sum_over_n(sums.data() + NC, g.N, g.C));
   const Tensor sum_g_res = residual_bn ? to_acc(sum_over_n(sums.data() + 2 * NC, g.N, g.C)) : Tensor();
 
-  const Tensor empty = at::empty({0}, y.options());
   auto param_grad = [&](bool wanted, const Tensor& value, const OptTensor& param) {
     // A copy: grad_bias and grad_res_bias are the same sums, and outputs must not alias.
     return wanted && given(param) ? value.to(param->scalar_type(), false, /*copy=*/true) : empty.clone();
@@ -268,9 +276,9 @@ Outputs6 bn_act_backward_cpu(const Tensor& grad_out_any, const Tensor& y, const 
   Tensor grad_res_weight = residual_bn ? param_grad(needs[4], sum_g_res * *res_invstd, res_weight) : empty.clone();
   Tensor grad_res_bias = residual_bn ? param_grad(needs[5], sum_dz, res_bias) : empty.clone();
 
-  Tensor grad_y = empty.clone(), grad_residual = empty.clone();
-  if (needs[0] || needs[3]) {
-    const bool with_res = needs[3] && given(residual);
+  Tensor grad_y = empty.clone();
+  if (needs[0] || (needs[3] && !plain_residual_grad)) {
+    const bool with_res = needs[3] && given(residual) && !plain_residual_grad;
     const Tensor k_g = at::empty({g.N, g.C}, options), k_0 = at::empty({g.N, g.C}, options);
     const Tensor k_y = at::empty({g.C}, options);
     std::array<Tensor, 4> res_k;
@@ -293,7 +301,13 @@ Outputs6 bn_act_backward_cpu(const Tensor& grad_out_any, const Tensor& y, const 
     const OptTensor rctr = with_res ? OptTensor(res_k[3]) : std::nullopt;
     if (g.numel() > 0) {
       const ApplyArgs apply{k_g, k_0, k_y, mean, rkg, rk0, rkr, rctr};
-      kernels().backward_apply(g, args, grad_out, apply, grad_y, with_res ? &grad_residual : nullptr);
+      if (plain_residual_grad) {  // from the masked gradient: no mask to recompute, no residual
+        const OptTensor no_residual;
+        kernels().backward_apply(g, coefs.args(y, no_residual, /*relu=*/false), grad_residual, apply, grad_y,
+                                 nullptr);
+      } else {
+        kernels().backward_apply(g, args, grad_out, apply, grad_y, with_res ? &grad_residual : nullptr);
+      }
     }
     if (!needs[0]) grad_y = empty.clone();
   }

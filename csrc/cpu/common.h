@@ -111,9 +111,10 @@ struct Kernels {
   // mean_nc, m2_nc: per-(n, c) mean and sum of squared deviations over (h, w).
   void (*bn_stats)(const Geometry& g, const Tensor& y, double* mean_nc, double* m2_nc);
   void (*scale_shift_act)(const Geometry& g, const PreActArgs& args, const Tensor& out);
-  // sums: (K, N, C) with K = 3 when res_center is given, else 2.
+  // sums: (K, N, C) with K = 3 when res_center is given, else 2. masked_grad (like y, or
+  // nullptr): receives g = grad_out * (z > 0), the gradient of a plain residual.
   void (*backward_reduce)(const Geometry& g, const PreActArgs& args, const Tensor& grad_out, const Tensor& center,
-                          const OptTensor& res_center, double* sums);
+                          const OptTensor& res_center, double* sums, const Tensor* masked_grad);
   // grad_residual: nullptr when res_k_g is absent.
   void (*backward_apply)(const Geometry& g, const PreActArgs& args, const Tensor& grad_out, const ApplyArgs& coefs,
                          const Tensor& grad_y, const Tensor* grad_residual);

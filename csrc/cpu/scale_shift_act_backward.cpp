@@ -50,7 +50,7 @@ std::tuple<Tensor, Tensor, Tensor> scale_shift_act_backward_reduce_cpu(
 
   const int64_t NC = g.N * g.C;
   std::vector<double> sums((with_res ? 3 : 2) * NC, 0.0);  // (K, N, C); sums over nothing are 0
-  if (g.numel() > 0) kernels().backward_reduce(g, args, grad_out, center, res_center, sums.data());
+  if (g.numel() > 0) kernels().backward_reduce(g, args, grad_out, center, res_center, sums.data(), nullptr);
   copy_from_double(sums.data(), sum_g);
   copy_from_double(sums.data() + NC, sum_g_y);
   if (with_res) copy_from_double(sum_over_n(sums.data() + 2 * NC, g.N, g.C).data(), sum_g_res);

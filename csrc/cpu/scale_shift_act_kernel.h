@@ -29,9 +29,10 @@ inline void scale_shift_act_kernel(const Geometry& g, const PreActArgs& args, co
 }
 
 // sums (K, N, C): sum_hw g, sum_hw g * (y - center[c]) and, with res_center,
-// sum_hw g * (residual - res_center[c]).
+// sum_hw g * (residual - res_center[c]); g itself into masked_grad when given.
 inline void backward_reduce_kernel(const Geometry& g, const PreActArgs& args, const Tensor& grad_out,
-                                   const Tensor& center, const OptTensor& res_center, double* sums) {
+                                   const Tensor& center, const OptTensor& res_center, double* sums,
+                                   const Tensor* masked_grad) {
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, args.y.scalar_type(), "resnet_fast::bwd_reduce", [&] {
     using acc = acc_t<scalar_t>;
     using Vec = AccVec<scalar_t>;
@@ -39,12 +40,14 @@ inline void backward_reduce_kernel(const Geometry& g, const PreActArgs& args, co
     const scalar_t* go = grad_out.const_data_ptr<scalar_t>();
     const acc* ctr = center.const_data_ptr<acc>();
     const acc* res_ctr = data_or_null<acc>(res_center);
+    scalar_t* mg = masked_grad != nullptr ? masked_grad->mutable_data_ptr<scalar_t>() : nullptr;
     auto run = [&](auto num_sums) {
       constexpr int K = decltype(num_sums)::value;
       sum_over_hw<acc, K>(g, sizeof(scalar_t), sums, [=](int64_t off, int64_t count, const auto& k, Vec(&contrib)[K]) {
         const Vec yv = load(pre.y + off, count);
         const Vec rv = pre.load_residual(off, count);
         const Vec gv = pre.masked_grad(load(go + off, count), yv, rv, k, count);
+        if (mg != nullptr) store(mg + off, gv, count);
         contrib[0] = gv;
         contrib[1] = gv * (yv - k.per_channel(ctr, count));
         if constexpr (K == 3) contrib[2] = gv * (rv - k.per_channel(res_ctr, count));
