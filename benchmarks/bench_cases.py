@@ -112,6 +112,35 @@ def make_op_case(op: str, stage: tuple, batch: int, device: str, dtype: torch.dt
     raise ValueError(f"unknown op {op!r}")
 
 
+def op_step(fn: Callable, case: OpCase, mode: str) -> Callable[[], list]:
+    """What one timed call does, and the tensors it yields for the correctness check."""
+    if mode == "infer":
+        def run():
+            with torch.no_grad():
+                return [case.call(fn, training=False)]
+        return run
+    if mode == "fwd":
+        return lambda: [case.call(fn, training=True)]
+    if mode == "fwdbwd":
+        # The incoming gradient is made once, outside the timed call: a fresh randn of an
+        # activation costs more than the op itself on CPU and would swamp the ratios.
+        grad = grad_out_for(case.call(fn, training=True))
+
+        def run():
+            out = case.call(fn, training=True)
+            return [out, *torch.autograd.grad(out, case.grad_inputs, grad, allow_unused=True)]
+        return run
+    out = case.call(fn, training=True)  # bwd: one graph, backward run again and again
+    grad = grad_out_for(out)
+    return lambda: list(torch.autograd.grad(out, case.grad_inputs, grad, retain_graph=True, allow_unused=True))
+
+
+def grad_out_for(out: Tensor) -> Tensor:
+    g = torch.Generator(device=out.device).manual_seed(1)
+    grad = torch.randn(out.shape, generator=g, device=out.device, dtype=out.dtype)
+    return grad.contiguous(memory_format=torch.channels_last)
+
+
 # ----------------------------------------------------------------------------- bytes and flops
 def op_bytes(op: str, mode: str, stage: tuple, batch: int, elem_bytes: int) -> int:
     """Fewest bytes the fused computation must read plus write (activation-sized tensors and

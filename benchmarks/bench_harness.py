@@ -127,6 +127,29 @@ def run_timed(benchmark, fn: Callable[[], object], settings: config.Settings, *,
         benchmark.extra_info["peak_mem_bytes"] = torch.cuda.max_memory_allocated()
 
 
+def interleave(steps: dict, rounds: int, warmup: int, device: str, *, inner: Optional[dict] = None,
+               before: Callable[[str], None] = lambda contender: None) -> dict:
+    """Seconds per call of every contender's step, round by round: each round runs every step
+    ``inner[contender]`` times (default 1), in an order that rotates from round to round, so a
+    machine that drifts (shared CPU, process state) weighs on all contenders alike.
+    ``before(contender)`` runs untimed ahead of each (selects its backend)."""
+    contenders = list(steps)
+    inner = inner or {}
+    times = {c: [] for c in contenders}
+    for r in range(warmup + rounds):
+        for contender in contenders[r % len(contenders):] + contenders[:r % len(contenders)]:
+            before(contender)
+            calls = inner.get(contender, 1)
+            sync(device)
+            start = time.perf_counter()
+            for _ in range(calls):
+                steps[contender]()
+            sync(device)
+            if r >= warmup:
+                times[contender].append((time.perf_counter() - start) / calls)
+    return times
+
+
 def record(benchmark, **info) -> None:
     benchmark.extra_info.update(config.environment())
     benchmark.extra_info.update(info)
@@ -149,6 +172,19 @@ def compiled(fn: Callable, contender: str) -> Callable:
     if key not in _compiled:
         _compiled[key] = torch.compile(fn, mode=config.COMPILE_MODES[contender], dynamic=False)
     return _compiled[key]
+
+
+def op_function(op: str, contender: str) -> Callable:
+    """The function a contender calls for ``op``: eager's composition, torch.compile of it, or
+    resnet_fast's op (whose backend the caller selects)."""
+    from resnet_fast import ops
+    from resnet_fast.ops import reference
+
+    if contender == "eager":
+        return getattr(reference, op)
+    if contender in config.COMPILE_MODES:
+        return compiled(getattr(reference, op), contender)
+    return getattr(ops, op)
 
 
 def configure_dynamo() -> None:

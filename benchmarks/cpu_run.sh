@@ -42,8 +42,9 @@ bench models_infer 200 benchmarks/test_models.py -k "infer and not compile"
 bench models_compile 300 benchmarks/test_models.py -k "compile and train"
 bench models_compile_infer 200 benchmarks/test_models.py -k "compile and infer"
 bench ops_compile 300 benchmarks/test_ops.py -k "compile"
-# The same resnet50 steps timed round by round, every contender in each round (interleaved.py):
-# the rows above time one contender after another, which on a CPU moves the ratio (README).
+# The same resnet50 steps (and op calls) timed round by round, every contender in each round
+# (interleaved.py): the rows above time one contender after another, which on a CPU moves the
+# ratio (README).
 case " $PHASES " in *" interleaved "*)
     best=$("$PY" -c "import sys; sys.path.insert(0, 'benchmarks'); import bench_config as c; print(c.settings().backends[0])")
     for mode in train infer; do
@@ -52,7 +53,12 @@ case " $PHASES " in *" interleaved "*)
         phase "interleaved:$mode" 420 "$OUT/run.log" "$PY" benchmarks/interleaved.py --model resnet50 \
             --mode "$mode" --contenders "$contenders" --rounds 10 --warmup 2 --out "$OUT" \
             || { FAILED=1; log "FAIL interleaved:$mode"; }
-    done ;;
+    done
+    # The BN + activation ops, forward+backward, at the four stage shapes, rounds of >= 20 ms.
+    phase "interleaved:ops" 300 "$OUT/run.log" "$PY" benchmarks/interleaved.py \
+        --ops bn_relu,bn_add_relu,squeeze_excite --op-mode fwdbwd --contenders "eager,rf_$best" \
+        --rounds 15 --warmup 2 --out "$OUT" \
+        || { FAILED=1; log "FAIL interleaved:ops"; } ;;
 *) log "SKIP interleaved: not in PHASES" ;;
 esac
 

@@ -1,4 +1,4 @@
-"""Model steps of several contenders timed in turn, round by round, in one process.
+"""Model steps (or op calls) of several contenders timed in turn, round by round, in one process.
 
 The pytest-benchmark rows (test_models.py) time each contender's rounds back to back, one
 contender after the other. On a CPU that is shared, or whose process state changes as it
@@ -14,6 +14,11 @@ Contenders as in test_models.py: eager, compile / compile_max (torch.compile of 
 model), rf_<backend>, rf_<backend>_low_memory (train); not the _cached ones. Sizes,
 device and threads from the RESNET_FAST_BENCH_* variables (bench_config.py). Writes
 DIR/interleaved-<model>-<mode>.json and .md and prints the table.
+
+With --ops, the same for op calls (test_ops.py's cases and modes) at every stage shape:
+each round times, per contender, as many calls as last MIN_ROUND_S (bench_harness.py).
+
+    python benchmarks/interleaved.py --ops bn_relu,bn_add_relu --op-mode fwdbwd --rounds 15 --out DIR
 """
 from __future__ import annotations
 
@@ -22,7 +27,6 @@ import json
 import os
 import statistics
 import sys
-import time
 
 import torch
 
@@ -56,18 +60,7 @@ def measure(name: str, mode: str, contenders: list[str], rounds: int, warmup: in
         if mode == "train":
             backend(contender)
             saved[contender] = memory.saved_bytes(model, (x,), context=harness.autocast(settings))
-    times = {c: [] for c in contenders}
-    for r in range(warmup + rounds):
-        order = contenders[r % len(contenders):] + contenders[:r % len(contenders)]
-        for contender in order:
-            backend(contender)
-            harness.sync(settings.device)
-            start = time.perf_counter()
-            steps[contender]()
-            harness.sync(settings.device)
-            elapsed = time.perf_counter() - start
-            if r >= warmup:
-                times[contender].append(elapsed)
+    times = harness.interleave(steps, rounds, warmup, settings.device, before=backend)
     rows = []
     for contender in contenders:
         median = statistics.median(times[contender])
@@ -75,12 +68,58 @@ def measure(name: str, mode: str, contenders: list[str], rounds: int, warmup: in
         rows.append(dict(contender=contender, median_s=median, images_per_s=settings.model_batch / median,
                          vs_eager=statistics.median(ratios) if ratios else None, times_s=times[contender],
                          saved_bytes=saved.get(contender)))
-    # Variables that change what is measured: the harness's knobs, and the allocator's (README).
-    variables = {k: v for k, v in os.environ.items()
-                 if k.startswith(("RESNET_FAST", "GLIBC_TUNABLES", "MALLOC_", "LD_PRELOAD", "OMP_"))}
     return dict(model=name, mode=mode, batch=settings.model_batch, image=settings.image, rounds=rounds,
                 warmup=warmup, environment=config.environment(), command=" ".join(sys.argv),
-                variables=variables, rows=rows)
+                variables=_variables(), rows=rows)
+
+
+def measure_ops(ops: list[str], mode: str, contenders: list[str], rounds: int, warmup: int) -> dict:
+    settings = config.settings()
+    torch.set_num_threads(settings.threads)
+    rows = []
+    for op in ops:
+        for stage in settings.stages:
+            steps, inner = {}, {}
+            for contender in contenders:  # one input set each, from the same seed
+                case = cases.make_op_case(op, stage, settings.op_batch, settings.device, settings.act_dtype)
+                backend(contender)
+                with harness.autocast(settings):
+                    steps[contender] = cases.op_step(harness.op_function(op, contender), case, mode)
+                    inner[contender] = harness.calibrate_inner(steps[contender], settings)
+            with harness.autocast(settings):
+                times = harness.interleave(steps, rounds, warmup, settings.device, inner=inner, before=backend)
+            for contender in contenders:
+                ratios = [e / t for e, t in zip(times["eager"], times[contender])]
+                rows.append(dict(op=op, shape=list(cases.op_shapes(op, stage, settings.op_batch)[0]),
+                                 contender=contender, calls_per_round=inner[contender],
+                                 median_s=statistics.median(times[contender]),
+                                 vs_eager=statistics.median(ratios), times_s=times[contender]))
+            del steps
+            harness.release(settings.device)
+    return dict(ops=ops, mode=mode, batch=settings.op_batch, rounds=rounds, warmup=warmup,
+                environment=config.environment(), command=" ".join(sys.argv), variables=_variables(), rows=rows)
+
+
+def _variables() -> dict:
+    """Variables that change what is measured: the harness's knobs, and the allocator's (README)."""
+    return {k: v for k, v in os.environ.items()
+            if k.startswith(("RESNET_FAST", "GLIBC_TUNABLES", "MALLOC_", "LD_PRELOAD", "OMP_"))}
+
+
+def ops_markdown(result: dict) -> str:
+    env = result["environment"]
+    lines = [f"# ops {result['mode']}, interleaved: batch {result['batch']}, {env['device_name']}, "
+             f"{env['threads']} threads, {env['dtype']}", "", f"- command: `{result['command']}`",
+             f"- environment: {', '.join(f'{k}={v}' for k, v in result['variables'].items()) or '(none set)'}",
+             f"- torch {env['torch']}, resnet_fast {env['resnet_fast']}",
+             f"- {result['rounds']} rounds after {result['warmup']} warm-up rounds; each round times every "
+             "contender's calls (as many as fill the round time), the order rotating; per call: median over "
+             "rounds; vs eager = median of the per-round ratios", "",
+             "| op | shape | contender | per call | vs eager |", "|---|---|---|---:|---:|"]
+    for r in result["rows"]:
+        lines.append(f"| {r['op']} | {'x'.join(map(str, r['shape']))} | {r['contender']} | "
+                     f"{r['median_s'] * 1e3:.3f} ms | {r['vs_eager']:.2f}x |")
+    return "\n".join(lines) + "\n"
 
 
 def backend(contender: str) -> None:
@@ -116,6 +155,8 @@ def main(argv=None) -> int:
     p.add_argument("--rounds", type=int, default=10)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--out", help="folder for the JSON and markdown (default: print only)")
+    p.add_argument("--ops", help="comma list of ops: time op calls at the stage shapes instead of a model")
+    p.add_argument("--op-mode", default="fwdbwd", choices=config.OP_MODES)
     args = p.parse_args(argv)
     contenders = [c.strip() for c in args.contenders.split(",") if c.strip()]
     for contender in contenders:
@@ -126,12 +167,20 @@ def main(argv=None) -> int:
             p.error(f"unknown contender {contender!r}")
     if "eager" not in contenders:
         contenders.insert(0, "eager")
-    result = measure(args.model, args.mode, contenders, args.rounds, args.warmup)
-    text = markdown(result)
+    if args.ops:
+        ops = [o.strip() for o in args.ops.split(",") if o.strip()]
+        for op in ops:
+            if op not in config.OPS:
+                p.error(f"unknown op {op!r} (one of {', '.join(config.OPS)})")
+        result = measure_ops(ops, args.op_mode, contenders, args.rounds, args.warmup)
+        text, stem = ops_markdown(result), f"interleaved-ops-{args.op_mode}"
+    else:
+        result = measure(args.model, args.mode, contenders, args.rounds, args.warmup)
+        text, stem = markdown(result), f"interleaved-{args.model}-{args.mode}"
     print(text)
     if args.out:
         os.makedirs(args.out, exist_ok=True)
-        stem = os.path.join(args.out, f"interleaved-{args.model}-{args.mode}")
+        stem = os.path.join(args.out, stem)
         with open(stem + ".json", "w") as f:
             json.dump(result, f, indent=1)
         with open(stem + ".md", "w") as f:

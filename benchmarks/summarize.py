@@ -189,7 +189,7 @@ def interleaved_goals(results: list[dict], device: str) -> list[str]:
     lines = []
     for model, mode, baseline, target in GOALS.get(device, []):
         for result in results:
-            if (result["model"], result["mode"]) != (model, mode):
+            if (result.get("model"), result["mode"]) != (model, mode):  # (op runs have no model)
                 continue
             times = {r["contender"]: r["times_s"] for r in result["rows"]}
             base = [c for c in times if c == baseline or (baseline == "compile" and c.startswith("compile"))]
@@ -252,12 +252,12 @@ def markdown(data: dict, rows: list[dict], interleaved: list[dict] = ()) -> str:
     if interleaved:
         import interleaved as timer  # benchmarks/interleaved.py: its own table
 
-        out += ["", "## Interleaved", "", "The same models timed round by round, every contender in every "
+        out += ["", "## Interleaved", "", "The same models (ops) timed round by round, every contender in every "
                 "round (benchmarks/interleaved.py): the fairer ratio where the machine or the process "
                 "changes during a run."]
         for result in interleaved:
-            out += [""] + ["#" + line if line.startswith("# ") else line
-                           for line in timer.markdown(result).rstrip("\n").split("\n")]
+            text = timer.ops_markdown(result) if "ops" in result else timer.markdown(result)
+            out += [""] + ["#" + line if line.startswith("# ") else line for line in text.rstrip("\n").split("\n")]
     return "\n".join(out) + "\n"
 
 

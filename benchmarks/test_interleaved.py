@@ -21,6 +21,20 @@ def test_interleaved_train_writes_rows(tmp_path, restore_backend):
     assert (tmp_path / "interleaved-resnet50-train.md").read_text().startswith("# resnet50 train, interleaved")
 
 
+def test_interleaved_ops_writes_rows(tmp_path, restore_backend):
+    backend = config.settings().backends[0]
+    ops = ("bn_relu", "bn_add_relu")
+    assert interleaved.main(["--ops", ",".join(ops), "--contenders", f"rf_{backend}", "--rounds", "2",
+                             "--warmup", "0", "--out", str(tmp_path)]) == 0
+    result = json.loads((tmp_path / "interleaved-ops-fwdbwd.json").read_text())
+    stages = config.settings().stages
+    assert [(r["op"], r["contender"]) for r in result["rows"]] == [
+        (op, contender) for op in ops for _ in stages for contender in ("eager", f"rf_{backend}")]
+    assert all(len(r["times_s"]) == 2 and r["median_s"] > 0 for r in result["rows"])
+    assert all(r["vs_eager"] == 1.0 for r in result["rows"] if r["contender"] == "eager")
+    assert (tmp_path / "interleaved-ops-fwdbwd.md").read_text().startswith("# ops fwdbwd, interleaved")
+
+
 def test_summary_goals_from_interleaved_runs():
     """summarize.py --interleaved: the best resnet_fast contender's median per-round ratio."""
     import summarize

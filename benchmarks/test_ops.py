@@ -35,41 +35,9 @@ OP_PARAMS = [pytest.param(op, stage, mode, contender, id=f"{op}-{_stage_id(stage
 
 
 def _function(op: str, contender: str, set_backend):
-    if contender == "eager":
-        return getattr(reference, op)
-    if contender in config.COMPILE_MODES:
-        return harness.compiled(getattr(reference, op), contender)
-    set_backend(contender[len(config.RF_PREFIX):])
-    return getattr(resnet_fast.ops, op)
-
-
-def _step(fn, case: cases.OpCase, mode: str):
-    """What one timed call does, and the tensors it yields for the correctness check."""
-    if mode == "infer":
-        def run():
-            with torch.no_grad():
-                return [case.call(fn, training=False)]
-        return run
-    if mode == "fwd":
-        return lambda: [case.call(fn, training=True)]
-    if mode == "fwdbwd":
-        # The incoming gradient is made once, outside the timed call: a fresh randn of an
-        # activation costs more than the op itself on CPU and would swamp the ratios.
-        grad = _grad_out(case.call(fn, training=True))
-
-        def run():
-            out = case.call(fn, training=True)
-            return [out, *torch.autograd.grad(out, case.grad_inputs, grad, allow_unused=True)]
-        return run
-    out = case.call(fn, training=True)  # bwd: one graph, backward run again and again
-    grad = _grad_out(out)
-    return lambda: list(torch.autograd.grad(out, case.grad_inputs, grad, retain_graph=True, allow_unused=True))
-
-
-def _grad_out(out):
-    g = torch.Generator(device=out.device).manual_seed(1)
-    grad = torch.randn(out.shape, generator=g, device=out.device, dtype=out.dtype)
-    return grad.contiguous(memory_format=torch.channels_last)
+    if contender.startswith(config.RF_PREFIX):
+        set_backend(contender[len(config.RF_PREFIX):])
+    return harness.op_function(op, contender)
 
 
 def _check(fn, op, stage, mode) -> float:
@@ -78,7 +46,7 @@ def _check(fn, op, stage, mode) -> float:
     for f in (fn, getattr(reference, op)):
         case = cases.make_op_case(op, stage, S.op_batch, S.device, S.act_dtype, seed=0)
         with harness.autocast(S):
-            results.append(_step(f, case, mode)())
+            results.append(cases.op_step(f, case, mode)())
     return harness.max_rel_err(*results)
 
 
@@ -98,7 +66,7 @@ def test_op(benchmark, restore_backend, op, stage, mode, contender):
         except Exception as error:  # noqa: BLE001 (some compiled graphs refuse saved-tensor hooks)
             saved = f"n/a ({type(error).__name__})"
     with harness.autocast(S):
-        step = _step(fn, case, mode)
+        step = cases.op_step(fn, case, mode)
         inner = harness.calibrate_inner(step, S)
         elem = torch.finfo(S.act_dtype).bits // 8
         harness.record(benchmark, kind="op", op=op, mode=mode, contender=contender,
