@@ -62,7 +62,7 @@ std::pair<double, double> plane_moments(const scalar_t* x, int64_t hw) {
 
 // NHWC: moments of rows [r0, r1) (C channels each) into mean[C], m2[C].
 // One shift per channel for the whole block: the mean of its first rows (up to kChunkElems
-// values, re-read from cache below). Then one pass over the rows (in tiles at wide C, vec.h) adds
+// values, re-read from cache below). Then one pass over the rows adds
 // d = x - shift and d^2 into per-channel acc sums (3 * C values, in L1), which go into double
 // every kFlushRows rows (at most that many acc terms per lane), and one merge per block: with
 // wide C a chunk is a row or two, and a Chan merge per chunk cost more than the pass itself.
@@ -87,30 +87,13 @@ void block_moments(const scalar_t* y, int64_t C, int64_t r0, int64_t r1, double*
   for (int64_t f0 = r0; f0 < r1; f0 += kFlushRows) {
     const int64_t f1 = std::min(r1, f0 + kFlushRows);
     std::fill(s1, s1 + 2 * C, acc(0));
-    if (!tile_rows(C * sizeof(scalar_t))) {
-      for (int64_t row = f0; row < f1; ++row) {  // row-major: memory is read in order
-        const scalar_t* x = y + row * C;
-        run_vectors<V>(C, [&](int64_t c, int64_t n) {
-          const Vec d = load(x + c, n) - load(shift + c, n);
-          store(s1 + c, load(s1 + c, n) + d, n);
-          store(s2 + c, load(s2 + c, n) + d * d, n);
-        });
-      }
-    } else {
-      for (int64_t t0 = f0; t0 < f1; t0 += kTileRows) {  // sums in registers per tile (vec.h)
-        const int64_t t1 = std::min(f1, t0 + kTileRows);
-        run_vectors<V>(C, [&](int64_t c, int64_t n) {
-          const Vec sh = load(shift + c, n);
-          Vec a1 = load(s1 + c, n), a2 = load(s2 + c, n);
-          for (int64_t row = t0; row < t1; ++row) {
-            const Vec d = load(y + row * C + c, n) - sh;
-            a1 = a1 + d;
-            a2 = a2 + d * d;
-          }
-          store(s1 + c, a1, n);
-          store(s2 + c, a2, n);
-        });
-      }
+    for (int64_t row = f0; row < f1; ++row) {  // row-major: memory is read in order
+      const scalar_t* x = y + row * C;
+      run_vectors<V>(C, [&](int64_t c, int64_t n) {
+        const Vec d = load(x + c, n) - load(shift + c, n);
+        store(s1 + c, load(s1 + c, n) + d, n);
+        store(s2 + c, load(s2 + c, n) + d * d, n);
+      });
     }
     for (int64_t c = 0; c < C; ++c) {
       sums[c] += s1[c];

@@ -18,10 +18,8 @@ inline void scale_shift_act_kernel(const Geometry& g, const PreActArgs& args, co
     using Vec = AccVec<scalar_t>;
     const PreActivation<scalar_t> pre(args);
     scalar_t* o = out.mutable_data_ptr<scalar_t>();
-    auto coefs = [=](const auto& k, int64_t count) { return pre.coefs(k, count); };
-    for_each_vector_hoisted<acc_t<scalar_t>>(g, sizeof(scalar_t), coefs, [=](int64_t off, int64_t count,
-                                                                             const auto& k) {
-      Vec z = pre.z(load(pre.y + off, count), pre.load_residual(off, count), k);
+    for_each_vector<acc_t<scalar_t>>(g, [=](int64_t off, int64_t count, const auto& k) {
+      Vec z = pre.z(load(pre.y + off, count), pre.load_residual(off, count), k, count);
       if (pre.relu) z = at::vec::maximum(z, Vec(0));  // NaN-propagating, as torch.relu
       store(o + off, z, count);
     });
@@ -43,7 +41,7 @@ inline void backward_reduce_kernel(const Geometry& g, const PreActArgs& args, co
     scalar_t* mg = masked_grad != nullptr ? masked_grad->mutable_data_ptr<scalar_t>() : nullptr;
     auto run = [&](auto num_sums) {
       constexpr int K = decltype(num_sums)::value;
-      sum_over_hw<acc, K>(g, sizeof(scalar_t), sums, [=](int64_t off, int64_t count, const auto& k, Vec(&contrib)[K]) {
+      sum_over_hw<acc, K>(g, sums, [=](int64_t off, int64_t count, const auto& k, Vec(&contrib)[K]) {
         const Vec yv = load(pre.y + off, count);
         const Vec rv = pre.load_residual(off, count);
         const Vec gv = pre.masked_grad(load(go + off, count), yv, rv, k, count);
@@ -79,28 +77,19 @@ inline void backward_apply_kernel(const Geometry& g, const PreActArgs& args, con
     const acc* rctr = data_or_null<acc>(coefs.res_center);
     scalar_t* gy = grad_y.mutable_data_ptr<scalar_t>();
     scalar_t* gr = grad_residual != nullptr ? grad_residual->mutable_data_ptr<scalar_t>() : nullptr;
-    struct Coefs {
-      typename PreActivation<scalar_t>::Coefs z;
-      Vec kg, k0, ky, ctr, rkg, rk0, rkr, rctr;
-    };
-    auto coefs = [=](const auto& k, int64_t count) {
-      Coefs c{pre.coefs(k, count), k.per_sample(kg, count), k.per_sample(k0, count), k.per_channel(ky, count),
-              k.per_channel(ctr, count), Vec(0), Vec(0), Vec(0), Vec(0)};
-      if (gr != nullptr) {
-        c.rkg = k.per_channel(rkg, count);
-        c.rk0 = k.per_channel(rk0, count);
-        c.rkr = k.per_channel(rkr, count);
-        c.rctr = k.per_channel(rctr, count);
-      }
-      return c;
-    };
-    for_each_vector_hoisted<acc>(g, sizeof(scalar_t), coefs, [=](int64_t off, int64_t count, const Coefs& k) {
+    for_each_vector<acc>(g, [=](int64_t off, int64_t count, const auto& k) {
       const Vec yv = load(pre.y + off, count);
       const Vec rv = pre.load_residual(off, count);
-      const Vec gv = pre.masked_grad(load(go + off, count), yv, rv, k.z);
+      const Vec gv = pre.masked_grad(load(go + off, count), yv, rv, k, count);
       // The reference's association: (k_g * g + k_0) + k_y * (y - center).
-      store(gy + off, k.kg * gv + k.k0 + k.ky * (yv - k.ctr), count);
-      if (gr != nullptr) store(gr + off, k.rkg * gv + k.rk0 + k.rkr * (rv - k.rctr), count);
+      const Vec dy = k.per_sample(kg, count) * gv + k.per_sample(k0, count) +
+                     k.per_channel(ky, count) * (yv - k.per_channel(ctr, count));
+      store(gy + off, dy, count);
+      if (gr != nullptr) {
+        const Vec dr = k.per_channel(rkg, count) * gv + k.per_channel(rk0, count) +
+                       k.per_channel(rkr, count) * (rv - k.per_channel(rctr, count));
+        store(gr + off, dr, count);
+      }
     });
   });
 }

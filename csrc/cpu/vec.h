@@ -165,42 +165,27 @@ struct PreActivation {
         res_shift(data_or_null<acc>(a.res_shift)),
         relu(a.relu) {}
 
-  // The coefficients of one vector of lanes (loaded once per tile by for_each_vector_hoisted).
-  struct Coefs {
-    Vec scale, shift, res_scale, res_shift;
-  };
-
-  template <typename Coef>
-  Coefs coefs(const Coef& k, int64_t count) const {
-    Coefs c{k.per_sample(scale, count), k.per_sample(shift, count), Vec(0), Vec(0)};
-    if (res_scale != nullptr) {
-      c.res_scale = k.per_channel(res_scale, count);
-      c.res_shift = k.per_channel(res_shift, count);
-    }
-    return c;
-  }
-
   Vec load_residual(int64_t offset, int64_t count) const {
     return residual != nullptr ? load(residual + offset, count) : Vec(0);
   }
 
   // z from the loaded y and residual vectors (rv is ignored without a residual).
-  Vec z(const Vec& yv, const Vec& rv, const Coefs& k) const {
-    Vec out = yv * k.scale + k.shift;
-    if (residual != nullptr) out = out + (res_scale != nullptr ? rv * k.res_scale + k.res_shift : rv);
+  template <typename Coef>
+  Vec z(const Vec& yv, const Vec& rv, const Coef& k, int64_t count) const {
+    Vec out = yv * k.per_sample(scale, count) + k.per_sample(shift, count);
+    if (residual != nullptr) {
+      out = out + (res_scale != nullptr ? rv * k.per_channel(res_scale, count) + k.per_channel(res_shift, count)
+                                        : rv);
+    }
     return out;
   }
 
   // g = grad * (z > 0) with relu, else grad (a NaN z masks to 0, as torch.where(z > 0, ...)).
-  Vec masked_grad(const Vec& gv, const Vec& yv, const Vec& rv, const Coefs& k) const {
-    if (!relu) return gv;
-    const Vec zero(0);
-    return Vec::blendv(zero, gv, z(yv, rv, k) > zero);
-  }
-
   template <typename Coef>
   Vec masked_grad(const Vec& gv, const Vec& yv, const Vec& rv, const Coef& k, int64_t count) const {
-    return masked_grad(gv, yv, rv, coefs(k, count));
+    if (!relu) return gv;
+    const Vec zero(0);
+    return Vec::blendv(zero, gv, z(yv, rv, k, count) > zero);
   }
 };
 
@@ -263,53 +248,18 @@ struct RowBlocks {
   int64_t rows_in(int64_t j) const { return std::min(rows_per_block, HW - j * rows_per_block); }
 };
 
-// NHWC row sums over wide rows. A row at a time, every input vector costs a load and a store
-// per running sum, and at wide C (the cache-resident 7x7 and 14x14 stages) those stores bound
-// the loop; in tiles of kTileRows rows each channel vector's sums stay in registers across the
-// tile and are stored once. Narrow rows keep the row loop: a tile reads its rows as concurrent
-// forward streams, which the prefetchers follow only when each is long (8-row tiles made the
-// DRAM-bound 28x28 / 56x56 reductions 1.3-1.8x slower on the 2-core AMD EPYC CI machine).
-constexpr int64_t kTileRows = 8;
-
-inline bool tile_rows(int64_t row_bytes) { return row_bytes >= 4096; }
-
-// for_each_vector for kernels whose per-vector coefficients are loaded apart from the data:
-// load(coef, count) returns them (a struct of vectors), f(offset, count, loaded) uses them.
-// NHWC rows of >= 4 KiB (tile_rows, above) run in tiles of kTileRows rows of one sample, with
-// each channel vector's coefficients loaded once per tile: at the wide, cache-resident 7x7
-// and 14x14 stages the 4-8 coefficient loads of every data vector bound the loop otherwise
-// (the stores may alias the tables, so the compiler cannot keep them in registers itself).
-template <typename acc_t, typename Load, typename F>
-void for_each_vector_hoisted(const Geometry& g, int64_t element_size, const Load& load, const F& f) {
-  constexpr int64_t V = at::vec::Vectorized<acc_t>::size();
-  if (!g.channels_last || !tile_rows(g.C * element_size)) {
-    for_each_vector<acc_t>(g, [=](int64_t off, int64_t count, const auto& k) { f(off, count, load(k, count)); });
-    return;
-  }
-  const int64_t tiles_per_sample = (g.HW + kTileRows - 1) / kTileRows;
-  const int64_t grain = std::max<int64_t>(1, kGrainElems / (kTileRows * g.C));
-  at::parallel_for(0, g.N * tiles_per_sample, grain, [&](int64_t begin, int64_t end) {
-    const Load load_coefs = load;  // locals: see for_each_vector
-    const F body = f;
-    const int64_t C = g.C, HW = g.HW;
-    for (int64_t t = begin; t < end; ++t) {
-      const int64_t n = t / tiles_per_sample;
-      const int64_t r0 = n * HW + (t % tiles_per_sample) * kTileRows;
-      const int64_t r1 = std::min(r0 + kTileRows, (n + 1) * HW);
-      run_vectors<V>(C, [&](int64_t c, int64_t count) {
-        const auto coefs = load_coefs(RowCoef<acc_t>{n * C + c, c}, count);
-        for (int64_t row = r0; row < r1; ++row) body(row * C + c, count, coefs);
-      });
-    }
-  });
-}
+// No register tiling across rows. Keeping a channel vector's running sums (or an elementwise
+// pass's coefficients) in registers over tiles of 8 NHWC rows made each kernel alone faster at
+// C >= 1024 when its data sat in cache (7x7 bn_stats 80 -> 65 us), but forward+backward loops
+// of bn_relu / bn_add_relu at 7x7 and 14x14 10-40 % slower: a tile reads 8 rows of every
+// tensor at once, 16-32 concurrent streams, more than the prefetchers follow.
 
 // Sum over (h, w) of K quantities: out[k][n * C + c] = sum_hw contribution_k.
 // f(offset, count, coef, Vec (&contrib)[K]) writes one vector's K contributions (lanes past
 // count are discarded here). Partial sums are acc vectors over at most kSumChunk values
 // (NCHW) or one block of at most 512 rows (NHWC), merged in double in a fixed order.
 template <typename acc_t, int K, typename F>
-void sum_over_hw(const Geometry& g, int64_t element_size, double* out, const F& f) {
+void sum_over_hw(const Geometry& g, double* out, const F& f) {
   using Vec = at::vec::Vectorized<acc_t>;
   constexpr int64_t V = Vec::size();
   constexpr int64_t kSumChunk = 4096;
@@ -337,36 +287,19 @@ void sum_over_hw(const Geometry& g, int64_t element_size, double* out, const F& 
   }
   const RowBlocks blocks(g, /*target_elems=*/65536, /*min_rows=*/32, /*max_rows=*/512);
   std::vector<double> partial(blocks.total * K * g.C);  // (block, K, C)
-  const int64_t row_bytes = g.C * element_size;
   blocks.parallel([&](int64_t b, int64_t n, int64_t r0, int64_t r1) {
     const F body = f;
     const int64_t C = g.C;
     std::vector<acc_t> acc(K * C, acc_t(0));  // (K, C) running sums of this block
     acc_t* a = acc.data();
-    if (!tile_rows(row_bytes)) {
-      Vec contrib[K];
-      for (int64_t row = r0; row < r1; ++row) {
-        run_vectors<V>(C, [&](int64_t c, int64_t count) {
-          body(row * C + c, count, RowCoef<acc_t>{n * C + c, c}, contrib);
-          for (int k = 0; k < K; ++k) {
-            store(a + k * C + c, load(a + k * C + c, count) + contrib[k], count);  // only count lanes written
-          }
-        });
-      }
-    } else {
-      for (int64_t t0 = r0; t0 < r1; t0 += kTileRows) {
-        const int64_t t1 = std::min(r1, t0 + kTileRows);
-        run_vectors<V>(C, [&](int64_t c, int64_t count) {
-          const RowCoef<acc_t> coef{n * C + c, c};
-          Vec sum[K], contrib[K];
-          for (int k = 0; k < K; ++k) sum[k] = load(a + k * C + c, count);
-          for (int64_t row = t0; row < t1; ++row) {
-            body(row * C + c, count, coef, contrib);
-            for (int k = 0; k < K; ++k) sum[k] = sum[k] + contrib[k];
-          }
-          for (int k = 0; k < K; ++k) store(a + k * C + c, sum[k], count);
-        });
-      }
+    Vec contrib[K];
+    for (int64_t row = r0; row < r1; ++row) {
+      run_vectors<V>(C, [&](int64_t c, int64_t count) {
+        body(row * C + c, count, RowCoef<acc_t>{n * C + c, c}, contrib);
+        for (int k = 0; k < K; ++k) {
+          store(a + k * C + c, load(a + k * C + c, count) + contrib[k], count);  // only count lanes written
+        }
+      });
     }
     std::copy(acc.begin(), acc.end(), partial.begin() + b * K * g.C);
   });
