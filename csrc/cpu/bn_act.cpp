@@ -7,7 +7,9 @@
 // passes (bn_stats + scale_shift_act forward; backward_reduce + backward_apply backward), with
 // the per-channel algebra between the passes (invstd, a, c0, the gradient coefficients) as
 // ~30 small tensor ops from Python, each a dispatch and an allocation. At the 14x14 and 7x7
-// stages that host work took as long as the kernels; here it is loops over C.
+// stages that host work took as long as the kernels; here it is loops over C. One difference
+// in passes: with a plain residual, backward_reduce also writes the masked gradient (the
+// residual's gradient) and backward_apply reads it instead of grad_out, y and the residual.
 //
 // Math: _bn.py's module docstring with gate = 1 and ds = 0. Per-channel values are computed
 // in the acc dtype in _bn.py's order of operations; sums over n are added in double.

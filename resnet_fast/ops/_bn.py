@@ -306,9 +306,10 @@ NO_BN = BNParams(None, None, None, None)
 
 def cpu_fused(y: Tensor, se: Optional["SEParams"], group_name: str) -> bool:
     """Whether ``torch.ops.resnet_fast.bn_act_forward / bn_act_backward`` (csrc/cpu/bn_act.cpp)
-    do the whole BN + activation in one C++ call per direction: same kernels and passes as the
-    primitives below, the per-channel algebra between them in C++ instead of ~30 small tensor
-    ops. For the CPU backend on a non-empty y, without Squeeze-Excitation or SyncBN."""
+    do the whole BN + activation in one C++ call per direction: same kernels as the primitives
+    below (one pass fewer in backward with a plain residual), the per-channel algebra between
+    them in C++ instead of ~30 small tensor ops. For the CPU backend on a non-empty y, without
+    Squeeze-Excitation or SyncBN."""
     return (se is None and not group_name and y.device.type == "cpu" and y.numel() > 0
             and backend.resolve("scale_shift_act", y.device) == "cpu")
 
