@@ -64,9 +64,8 @@ def measure(name: str, mode: str, contenders: list[str], rounds: int, warmup: in
     rows = []
     for contender in contenders:
         median = statistics.median(times[contender])
-        ratios = [e / t for e, t in zip(times["eager"], times[contender])] if "eager" in times else []
         rows.append(dict(contender=contender, median_s=median, images_per_s=settings.model_batch / median,
-                         vs_eager=statistics.median(ratios) if ratios else None, times_s=times[contender],
+                         vs_eager=_vs_eager(times, contender), times_s=times[contender],
                          saved_bytes=saved.get(contender)))
     return dict(model=name, mode=mode, batch=settings.model_batch, image=settings.image, rounds=rounds,
                 warmup=warmup, environment=config.environment(), command=" ".join(sys.argv),
@@ -89,15 +88,21 @@ def measure_ops(ops: list[str], mode: str, contenders: list[str], rounds: int, w
             with harness.autocast(settings):
                 times = harness.interleave(steps, rounds, warmup, settings.device, inner=inner, before=backend)
             for contender in contenders:
-                ratios = [e / t for e, t in zip(times["eager"], times[contender])]
                 rows.append(dict(op=op, shape=list(cases.op_shapes(op, stage, settings.op_batch)[0]),
                                  contender=contender, calls_per_round=inner[contender],
                                  median_s=statistics.median(times[contender]),
-                                 vs_eager=statistics.median(ratios), times_s=times[contender]))
+                                 vs_eager=_vs_eager(times, contender), times_s=times[contender]))
             del steps
             harness.release(settings.device)
     return dict(ops=ops, mode=mode, batch=settings.op_batch, rounds=rounds, warmup=warmup,
                 environment=config.environment(), command=" ".join(sys.argv), variables=_variables(), rows=rows)
+
+
+def _vs_eager(times: dict, contender: str):
+    """Median of the per-round ratios eager / contender (None without an eager contender)."""
+    if "eager" not in times:
+        return None
+    return statistics.median(e / t for e, t in zip(times["eager"], times[contender]))
 
 
 def _variables() -> dict:
@@ -106,44 +111,45 @@ def _variables() -> dict:
             if k.startswith(("RESNET_FAST", "GLIBC_TUNABLES", "MALLOC_", "LD_PRELOAD", "OMP_"))}
 
 
-def ops_markdown(result: dict) -> str:
-    env = result["environment"]
-    lines = [f"# ops {result['mode']}, interleaved: batch {result['batch']}, {env['device_name']}, "
-             f"{env['threads']} threads, {env['dtype']}", "", f"- command: `{result['command']}`",
-             f"- environment: {', '.join(f'{k}={v}' for k, v in result['variables'].items()) or '(none set)'}",
-             f"- torch {env['torch']}, resnet_fast {env['resnet_fast']}",
-             f"- {result['rounds']} rounds after {result['warmup']} warm-up rounds; each round times every "
-             "contender's calls (as many as fill the round time), the order rotating; per call: median over "
-             "rounds; vs eager = median of the per-round ratios", "",
-             "| op | shape | contender | per call | vs eager |", "|---|---|---|---:|---:|"]
-    for r in result["rows"]:
-        lines.append(f"| {r['op']} | {'x'.join(map(str, r['shape']))} | {r['contender']} | "
-                     f"{r['median_s'] * 1e3:.3f} ms | {r['vs_eager']:.2f}x |")
-    return "\n".join(lines) + "\n"
-
-
 def backend(contender: str) -> None:
     if contender.startswith(config.RF_PREFIX):
         resnet_fast.set_backend(config.contender_backend(contender))
 
 
-def markdown(result: dict) -> str:
+def _header(result: dict, what: str, size: str, rounds: str) -> list[str]:
+    """Title, command, environment, versions, and ``rounds``: how a round ran."""
     env = result["environment"]
+    variables = ", ".join(f"{k}={v}" for k, v in result["variables"].items()) or "(none set)"
+    return [f"# {what}, interleaved: {size}, {env['device_name']}, {env['threads']} threads, {env['dtype']}", "",
+            f"- command: `{result['command']}`", f"- environment: {variables}",
+            f"- torch {env['torch']}, resnet_fast {env['resnet_fast']}",
+            f"- {result['rounds']} rounds after {result['warmup']} warm-up rounds; {rounds}", ""]
+
+
+def markdown(result: dict) -> str:
     eager_saved = next((r["saved_bytes"] for r in result["rows"] if r["contender"] == "eager"), None)
-    lines = [f"# {result['model']} {result['mode']}, interleaved: {result['batch']}x3x{result['image']}x"
-             f"{result['image']}, {env['device_name']}, {env['threads']} threads, {env['dtype']}",
-             "", f"- command: `{result['command']}`",
-             f"- environment: {', '.join(f'{k}={v}' for k, v in result['variables'].items()) or '(none set)'}",
-             f"- torch {env['torch']}, resnet_fast {env['resnet_fast']}",
-             f"- {result['rounds']} rounds after {result['warmup']} warm-up rounds; each round times one step of "
-             "every contender, the order rotating; vs eager = median of the per-round ratios", "",
-             "| contender | median | img/s | vs eager | saved for backward | vs eager |",
-             "|---|---:|---:|---:|---:|---:|"]
+    image = result["image"]
+    lines = _header(result, f"{result['model']} {result['mode']}", f"{result['batch']}x3x{image}x{image}",
+                    "each round times one step of every contender, the order rotating; vs eager = median of "
+                    "the per-round ratios")
+    lines += ["| contender | median | img/s | vs eager | saved for backward | vs eager |",
+              "|---|---:|---:|---:|---:|---:|"]
     for r in result["rows"]:
         saved = r["saved_bytes"]
         lines.append(f"| {r['contender']} | {r['median_s']:.3f} s | {r['images_per_s']:.1f} | "
                      f"{r['vs_eager']:.2f}x | " + (f"{saved / 2**20:.0f} MiB | {saved / eager_saved:.2f}x |"
                                                    if saved and eager_saved else " | |"))
+    return "\n".join(lines) + "\n"
+
+
+def ops_markdown(result: dict) -> str:
+    lines = _header(result, f"ops {result['mode']}", f"batch {result['batch']}",
+                    "each round times every contender's calls (as many as fill the round time), the order "
+                    "rotating; per call: median over rounds; vs eager = median of the per-round ratios")
+    lines += ["| op | shape | contender | per call | vs eager |", "|---|---|---|---:|---:|"]
+    for r in result["rows"]:
+        lines.append(f"| {r['op']} | {'x'.join(map(str, r['shape']))} | {r['contender']} | "
+                     f"{r['median_s'] * 1e3:.3f} ms | {r['vs_eager']:.2f}x |")
     return "\n".join(lines) + "\n"
 
 

@@ -43,9 +43,8 @@ OPS = torch.ops.resnet_fast
 DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
 FORMATS = [torch.contiguous_format, torch.channels_last]
 # Vector tails along HW and C, C below and above the vector width, 1x1 planes (both layouts
-# are then the same bytes), ResNet stage shapes at a small batch, and NHWC rows of >= 4 KiB
-# (the row-tiled loops of vec.h: C = 1030 in 32/64-bit, C = 2056 in 16-bit floats), with a
-# last tile of fewer than 8 rows and a vector tail along C.
+# are then the same bytes), ResNet stage shapes at a small batch, and wide NHWC rows of
+# >= 4 KiB (C = 1030 / 2056: >= 4 KiB in 32-bit / 16-bit floats) with a vector tail along C.
 SHAPES = [(2, 64, 8, 8), (3, 3, 5, 7), (1, 63, 7, 7), (2, 130, 3, 3), (4, 16, 1, 1), (2, 256, 14, 14),
           (2, 1030, 3, 5), (1, 2056, 3, 3)]
 # Shapes that split one (n, c) plane into several chunks (NCHW) and one sample's rows into

@@ -62,7 +62,7 @@ std::pair<double, double> plane_moments(const scalar_t* x, int64_t hw) {
 
 // NHWC: moments of rows [r0, r1) (C channels each) into mean[C], m2[C].
 // One shift per channel for the whole block: the mean of its first rows (up to kChunkElems
-// values, re-read from cache below). Then one pass over the rows adds
+// values, re-read from cache below). Then one row-major pass (memory read in order) adds
 // d = x - shift and d^2 into per-channel acc sums (3 * C values, in L1), which go into double
 // every kFlushRows rows (at most that many acc terms per lane), and one merge per block: with
 // wide C a chunk is a row or two, and a Chan merge per chunk cost more than the pass itself.

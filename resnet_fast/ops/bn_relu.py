@@ -76,7 +76,7 @@ def bn_relu(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], running
     _bn.check_batch_norm("bn_relu", x, params, use_batch_stats)
     with autocast_disabled(x):
         out, mean, _, var = _call_op(_bn.standard_layout(x), weight, bias, running_mean, running_var,
-                                       use_batch_stats, eps, relu, group_name)
+                                     use_batch_stats, eps, relu, group_name)
     if training and running_mean is not None:
         _bn.update_running_stats(running_mean, running_var, num_batches_tracked, mean, var, momentum)
     return out

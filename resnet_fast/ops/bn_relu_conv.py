@@ -106,8 +106,7 @@ def bn_relu_conv(y: Tensor, bn_weight: Optional[Tensor], bn_bias: Optional[Tenso
     stride, padding, dilation = list(_pair(stride)), list(_pair(padding)), list(_pair(dilation))
     with autocast_disabled(y):
         out, mean, _, var = _call_op(_bn.standard_layout(y), bn_weight, bn_bias, running_mean, running_var,
-                                            weight, stride, padding, dilation, groups, use_batch_stats, eps,
-                                            group_name)
+                                     weight, stride, padding, dilation, groups, use_batch_stats, eps, group_name)
     if training and running_mean is not None:
         _bn.update_running_stats(running_mean, running_var, num_batches_tracked, mean, var, momentum)
     return out

@@ -168,8 +168,8 @@ def conv_bn_relu(x: Tensor, weight: Tensor, bn_weight: Optional[Tensor], bn_bias
     fold_bn = not use_batch_stats and not needs_grad
     with autocast_disabled(x):
         out, _, mean, _, var = _call_op(x, weight, bn_weight, bn_bias, running_mean, running_var, residual,
-                                               stride, padding, dilation, groups, use_batch_stats, fold_bn, eps,
-                                               relu, recompute_conv and not fold_bn, group_name)
+                                        stride, padding, dilation, groups, use_batch_stats, fold_bn, eps, relu,
+                                        recompute_conv and not fold_bn, group_name)
     if training and running_mean is not None:
         _bn.update_running_stats(running_mean, running_var, num_batches_tracked, mean, var, momentum)
     return out
