@@ -14,7 +14,7 @@ from typing import Optional
 
 import torch
 
-from . import _bn
+from . import _bn, _double_backward
 from ._autocast import autocast_disabled
 
 Tensor = torch.Tensor
@@ -47,19 +47,23 @@ def fake(y, identity_bn, use_batch_stats):
     return (torch.empty_like(y), torch.empty_like(stats), torch.empty_like(stats), var) + id_stats
 
 
-def setup_context(ctx, y, weight, bias, identity, identity_bn, id_weight, id_bias, use_batch_stats, relu,
+def setup_context(ctx, y, weight, bias, identity, identity_bn, id_weight, id_bias, use_batch_stats, eps, relu,
                   group_name, output, se_tensors=()):
     _, mean, invstd, _, id_mean, id_invstd, _ = output[:N_OUTPUTS]
     ctx.save_for_backward(y, weight, bias, identity, id_weight, id_bias, mean, invstd, id_mean, id_invstd,
                           *se_tensors)
-    ctx.config = (identity_bn, use_batch_stats, relu, group_name)
+    ctx.config = (identity_bn, use_batch_stats, relu, group_name, eps)
     ctx.mark_non_differentiable(*output[1:])
 
 
 def backward(ctx, grad_out, needs, se_from_saved=None):
     """Gradients for (y, weight, bias, identity, id_weight, id_bias) and the SE parameters."""
     y, weight, bias, identity, id_weight, id_bias, mean, invstd, id_mean, id_invstd, *se_saved = ctx.saved_tensors
-    identity_bn, use_batch_stats, relu, group_name = ctx.config
+    identity_bn, use_batch_stats, relu, group_name, eps = ctx.config
+    if _double_backward.wanted():
+        se = se_from_saved(se_saved)[0] if se_from_saved else None
+        return _differentiable_backward(grad_out, y, weight, bias, mean, invstd, identity, identity_bn, id_weight,
+                                        id_bias, id_mean, id_invstd, se, use_batch_stats, eps, relu, group_name, needs)
     params = _bn.BNParams(weight, bias, None, None)
     norm = _bn.saved_normalized(mean, invstd, params, y)
     id_params = id_norm = None
@@ -69,6 +73,24 @@ def backward(ctx, grad_out, needs, se_from_saved=None):
     se, sample_mean = se_from_saved(se_saved) if se_from_saved else (None, None)
     return _bn.bn_act_backward(grad_out, y, params, norm, use_batch_stats, relu, identity, id_params, id_norm,
                                se, sample_mean, group_name, needs)
+
+
+def _differentiable_backward(grad_out, y, weight, bias, mean, invstd, identity, identity_bn, id_weight, id_bias,
+                             id_mean, id_invstd, se, use_batch_stats, eps, relu, group_name, needs):
+    """backward()'s result from eager operations, for a gradient with create_graph=True."""
+    _double_backward.require_supported(group_name)
+    z = _double_backward.batch_norm(y, weight, bias, mean, invstd, use_batch_stats, eps)
+    if se is not None:
+        z = _double_backward.se_scale(z, se)
+    if identity_bn:
+        z = z + _double_backward.batch_norm(identity, id_weight, id_bias, id_mean, id_invstd, use_batch_stats, eps)
+    else:
+        z = z + identity.to(z.dtype)
+    se_inputs = () if se is None else (se.fc1_weight, se.fc1_bias, se.fc2_weight, se.fc2_bias)
+    grads = _double_backward.gradients(
+        _double_backward.activation(z, relu, y), (y, weight, bias, identity, id_weight, id_bias) + se_inputs,
+        grad_out, [needs.get(name) for name in _bn.GRADIENTS] + [t is not None and t.requires_grad for t in se_inputs])
+    return _bn.BackwardResult(*grads[:6], grads[6:] if se is not None else ())
 
 
 def unpack_identity_bn(identity_bn):

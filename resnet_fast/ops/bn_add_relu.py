@@ -35,10 +35,10 @@ def _(y, weight, bias, running_mean, running_var, identity, identity_bn, id_weig
 
 
 def _setup_context(ctx, inputs, output):
-    (y, weight, bias, _, _, identity, identity_bn, id_weight, id_bias, _, _, use_batch_stats, _, relu,
+    (y, weight, bias, _, _, identity, identity_bn, id_weight, id_bias, _, _, use_batch_stats, eps, relu,
      group_name) = inputs
     _block_tail.setup_context(ctx, y, weight, bias, identity, identity_bn, id_weight, id_bias, use_batch_stats,
-                              relu, group_name, output)
+                              eps, relu, group_name, output)
 
 
 def _backward(ctx, grad_out, *_):

@@ -12,7 +12,7 @@ from typing import Optional
 
 import torch
 
-from . import _bn, _direct_call
+from . import _bn, _direct_call, _double_backward
 from ._autocast import autocast_disabled
 
 Tensor = torch.Tensor
@@ -42,13 +42,19 @@ def _setup_context(ctx, inputs, output):
     x, weight, bias, running_mean, running_var, use_batch_stats, eps, relu, group_name = inputs
     _, mean, invstd, _ = output
     ctx.save_for_backward(x, weight, bias, mean, invstd)
-    ctx.config = (use_batch_stats, relu, group_name)
+    ctx.config = (use_batch_stats, relu, group_name, eps)
     ctx.mark_non_differentiable(*output[1:])
 
 
 def _backward(ctx, grad_out, *_):
     x, weight, bias, mean, invstd = ctx.saved_tensors
-    use_batch_stats, relu, group_name = ctx.config
+    use_batch_stats, relu, group_name, eps = ctx.config
+    if _double_backward.wanted():
+        _double_backward.require_supported(group_name)
+        z = _double_backward.batch_norm(x, weight, bias, mean, invstd, use_batch_stats, eps)
+        grads = _double_backward.gradients(_double_backward.activation(z, relu, x), (x, weight, bias), grad_out,
+                                           ctx.needs_input_grad[:3])
+        return grads + (None,) * 6
     params = _bn.BNParams(weight, bias, None, None)
     norm = _bn.saved_normalized(mean, invstd, params, x)
     needs = dict(zip(("y", "weight", "bias"), ctx.needs_input_grad[:3]))

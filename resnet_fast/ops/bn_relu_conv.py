@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch.nn.modules.utils import _pair
 
-from . import _bn, _direct_call
+from . import _bn, _direct_call, _double_backward
 from ._autocast import autocast_disabled, autocast_dtype, cast_for_conv
 
 Tensor = torch.Tensor
@@ -50,19 +50,26 @@ def _(y, bn_weight, bn_bias, running_mean, running_var, weight, stride, padding,
 
 
 def _setup_context(ctx, inputs, output):
-    (y, bn_weight, bn_bias, _, _, weight, stride, padding, dilation, groups, use_batch_stats, _,
+    (y, bn_weight, bn_bias, _, _, weight, stride, padding, dilation, groups, use_batch_stats, eps,
      group_name) = inputs
     _, mean, invstd, _ = output
     ctx.save_for_backward(y, bn_weight, bn_bias, weight, mean, invstd)
-    ctx.config = (list(stride), list(padding), list(dilation), groups, use_batch_stats, group_name)
+    ctx.config = (list(stride), list(padding), list(dilation), groups, use_batch_stats, group_name, eps)
     ctx.mark_non_differentiable(*output[1:])
 
 
 def _backward(ctx, grad_out, *_):
     y, bn_weight, bn_bias, weight, mean, invstd = ctx.saved_tensors
-    stride, padding, dilation, groups, use_batch_stats, group_name = ctx.config
+    stride, padding, dilation, groups, use_batch_stats, group_name, eps = ctx.config
     need_y, need_gamma, need_beta = ctx.needs_input_grad[:3]
     need_w = ctx.needs_input_grad[5]
+    if _double_backward.wanted():
+        _double_backward.require_supported(group_name)
+        z = _double_backward.batch_norm(y, bn_weight, bn_bias, mean, invstd, use_batch_stats, eps)
+        out = F.conv2d(torch.relu(z).to(y.dtype).to(weight.dtype), weight, None, stride, padding, dilation, groups)
+        grad_y, grad_gamma, grad_beta, grad_w = _double_backward.gradients(
+            out, (y, bn_weight, bn_bias, weight), grad_out, (need_y, need_gamma, need_beta, need_w))
+        return (grad_y, grad_gamma, grad_beta, None, None, grad_w) + (None,) * 7
     params = _bn.BNParams(bn_weight, bn_bias, None, None)
     norm = _bn.saved_normalized(mean, invstd, params, y)
     n = y.shape[0]

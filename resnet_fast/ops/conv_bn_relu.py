@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch.nn.modules.utils import _pair
 
-from . import _bn, _direct_call
+from . import _bn, _direct_call, _double_backward
 from ._autocast import autocast_disabled, cast_for_conv
 from ._folded_conv import folded_conv
 
@@ -73,7 +73,7 @@ def _(x, weight, bn_weight, bn_bias, running_mean, running_var, residual, stride
 
 
 def _setup_context(ctx, inputs, output):
-    (x, weight, bn_weight, bn_bias, _, _, residual, stride, padding, dilation, groups, use_batch_stats, fold_bn, _,
+    (x, weight, bn_weight, bn_bias, _, _, residual, stride, padding, dilation, groups, use_batch_stats, fold_bn, eps,
      relu, recompute_conv, group_name) = inputs
     out, y, mean, invstd, _ = output
     if recompute_conv:
@@ -83,7 +83,7 @@ def _setup_context(ctx, inputs, output):
     else:
         ctx.save_for_backward(x, weight, y, bn_weight, bn_bias, residual, mean, invstd)
     ctx.config = (list(stride), list(padding), list(dilation), groups, use_batch_stats, fold_bn, relu,
-                  recompute_conv, group_name)
+                  recompute_conv, group_name, eps)
     ctx.mark_non_differentiable(*output[1:])
     ctx.set_materialize_grads(False)  # else backward gets a zero-filled gradient for y, y-sized
 
@@ -92,12 +92,29 @@ def _backward(ctx, grad_out, *_):
     if grad_out is None:
         return (None,) * 17
     x, weight, saved, bn_weight, bn_bias, residual, mean, invstd = ctx.saved_tensors
-    stride, padding, dilation, groups, use_batch_stats, fold_bn, relu, recompute_conv, group_name = ctx.config
+    stride, padding, dilation, groups, use_batch_stats, fold_bn, relu, recompute_conv, group_name, eps = ctx.config
     if fold_bn:
         raise RuntimeError("conv_bn_relu: the folded eval path (fold_bn=True) is for inference only; "
                            "call resnet_fast.ops.conv_bn_relu, which folds only when no gradient is needed")
     need_x, need_w, need_gamma, need_beta = ctx.needs_input_grad[:4]
     need_residual = ctx.needs_input_grad[6]
+    if _double_backward.wanted():
+        _double_backward.require_supported(group_name)
+        z = _double_backward.batch_norm(F.conv2d(x, weight, None, stride, padding, dilation, groups), bn_weight,
+                                        bn_bias, mean, invstd, use_batch_stats, eps)
+        if recompute_conv:
+            # The residual was not saved: the ReLU mask comes off the saved output, and the
+            # residual's gradient is the masked gradient.
+            mask = saved.detach() > 0 if relu else None
+            out = (torch.where(mask, z, 0) if relu else z).to(x.dtype)
+            grad_residual = (torch.where(mask, grad_out, 0) if relu else grad_out) if need_residual else None
+        else:
+            out = _double_backward.activation(z if residual is None else z + residual.to(z.dtype), relu, x)
+        grads = _double_backward.gradients(out, (x, weight, bn_weight, bn_bias, None if recompute_conv else residual),
+                                           grad_out, (need_x, need_w, need_gamma, need_beta, need_residual))
+        if recompute_conv:
+            grads = grads[:4] + (grad_residual,)
+        return grads[:4] + (None, None, grads[4]) + (None,) * 10
     params = _bn.BNParams(bn_weight, bn_bias, None, None)
     if recompute_conv:
         y = F.conv2d(x, weight, None, stride, padding, dilation, groups)

@@ -44,11 +44,11 @@ def _(y, weight, bias, running_mean, running_var, identity, identity_bn, id_weig
 
 def _setup_context(ctx, inputs, output):
     (y, weight, bias, _, _, identity, identity_bn, id_weight, id_bias, _, _, fc1_weight, fc1_bias, fc2_weight,
-     fc2_bias, use_batch_stats, _, relu, group_name) = inputs
+     fc2_bias, use_batch_stats, eps, relu, group_name) = inputs
     ctx.se_has_bias = (fc1_bias is not None, fc2_bias is not None)
     se_tensors = (output[-1], fc1_weight, fc1_bias, fc2_weight, fc2_bias)
     _block_tail.setup_context(ctx, y, weight, bias, identity, identity_bn, id_weight, id_bias, use_batch_stats,
-                              relu, group_name, output, se_tensors)
+                              eps, relu, group_name, output, se_tensors)
 
 
 def _se_from_saved(saved):

@@ -1,0 +1,78 @@
+"""A backward that is itself differentiable, for gradients taken with create_graph=True.
+
+The fused ops' backward runs kernels (C++, Triton, CUDA) that autograd cannot see into: a
+gradient taken with ``create_graph=True`` (gradient penalties, Hessian-vector products,
+MAML) would get a graph that silently drops every second-order term through the op (torch
+only warns that the op has no autograd kernel). Autograd runs a backward with grad mode on
+when, and only when, the graph of the gradient is being built, so ``wanted()`` tells the ops'
+backward to take this path instead: recompute the op's output from the saved tensors with
+differentiable eager operations and return ``torch.autograd.grad`` of it with
+``create_graph=True``. That call costs what eager costs; its first-order values equal the
+kernels' up to rounding, and every higher-order term is eager PyTorch's.
+
+The recomputation follows resnet_fast/ops/reference.py: batch statistics recomputed from the
+saved activation in training (they depend on it), the saved running ones as constants in
+eval, in the accumulation dtype, the output rounded to the activation's dtype.
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import torch
+
+from . import _bn
+from .primitives import acc_dtype
+
+Tensor = torch.Tensor
+
+
+def wanted() -> bool:
+    """Whether this backward must be differentiable (autograd is recording it)."""
+    return torch.is_grad_enabled()
+
+
+def require_supported(group_name: str) -> None:
+    if group_name:
+        raise NotImplementedError(
+            f"resnet_fast: a gradient with create_graph=True (double backward) is not supported with synchronized "
+            f"batch statistics (group_name={group_name!r})")
+
+
+def batch_norm(y: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], mean: Tensor, invstd: Tensor,
+               use_batch_stats: bool, eps: float) -> Tensor:
+    """bn(y) in the acc dtype: statistics of y in training, ``mean`` / ``invstd`` (the running
+    ones the forward used) as constants in eval."""
+    acc = acc_dtype(y.dtype)
+    y = y.to(acc)
+    if use_batch_stats:
+        mean = y.mean((0, 2, 3))
+        invstd = torch.rsqrt(y.var((0, 2, 3), unbiased=False) + eps)
+    else:
+        mean, invstd = mean.detach().to(acc), invstd.detach().to(acc)
+    z = (y - mean[:, None, None]) * invstd[:, None, None]
+    if weight is not None:
+        z = z * weight.to(acc)[:, None, None]
+    if bias is not None:
+        z = z + bias.to(acc)[:, None, None]
+    return z
+
+
+def se_scale(b: Tensor, se: _bn.SEParams) -> Tensor:
+    """b * gate, gate = sigmoid(fc2(relu(fc1(mean_hw(b))))) (reference.squeeze_excite)."""
+    gate, _ = _bn.se_gate(b.mean((2, 3)), se)
+    return b * gate[:, :, None, None]
+
+
+def activation(z: Tensor, relu: bool, like: Tensor) -> Tensor:
+    return (torch.relu(z) if relu else z).to(like.dtype)
+
+
+def gradients(output: Tensor, inputs: Sequence[Optional[Tensor]], grad_out: Tensor,
+              needs: Sequence[bool]) -> tuple[Optional[Tensor], ...]:
+    """d output / d inputs[i] against grad_out, with create_graph, for each i that ``needs``
+    (None for the others and for inputs that are None)."""
+    take = [bool(n) and t is not None for t, n in zip(inputs, needs)]
+    chosen = [t for t, k in zip(inputs, take) if k]
+    grads = iter(torch.autograd.grad(output, chosen, grad_out, create_graph=True, allow_unused=True)
+                 if chosen else ())
+    return tuple(next(grads) if k else None for k in take)
