@@ -8,6 +8,7 @@ torch.compile) must still get it.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 
 import pytest
@@ -132,3 +133,23 @@ def test_torch_compile_traces_the_registered_op():
     torch._dynamo.reset()
     torch.compile(call, backend=backend, fullgraph=True)(inputs)
     assert "resnet_fast.bn_relu.default" in seen
+
+
+@pytest.mark.parametrize("path", ["direct", "dispatcher"])
+def test_forward_mode_ad_is_refused_not_dropped(path):
+    """The ops have no forward-mode formula; through the registered op torch would return the
+    output without a tangent (torch.func.jvp: zeros). Both paths raise instead."""
+    import torch.autograd.forward_ad as fwAD
+
+    x = torch.randn(2, 3, 4, 4)
+    weight, bias = torch.rand(3) + 0.5, torch.randn(3)
+    fn = lambda t: ops.bn_relu(t, weight, bias, None, None, training=True)  # noqa: E731
+    routing = _direct_call.through_dispatcher() if path == "dispatcher" else contextlib.nullcontext()
+    with routing:
+        with fwAD.dual_level():
+            with pytest.raises(NotImplementedError, match="forward-mode AD"):
+                fn(fwAD.make_dual(x, torch.randn_like(x)))
+            # A dual level with no tangent reaching the op: a plain call.
+            torch.testing.assert_close(fn(x), ops.bn_relu(x, weight, bias, None, None, training=True))
+        with pytest.raises(NotImplementedError, match="forward-mode AD"):
+            torch.func.jvp(fn, (x,), (torch.randn_like(x),))

@@ -10,9 +10,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torchvision.models.resnet as tv_resnet
 
+from model_utils import build_pair, make_input, rel_err
 from resnet_fast import ops
+from resnet_fast.models import ResNet, blocks
 from resnet_fast.ops import _direct_call, reference
+from test_se_preact import tiny_pair
 
 D = torch.float64
 N, C, H = 2, 3, 3
@@ -91,22 +95,64 @@ def test_gradgradcheck_through_dispatcher(case):
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
 @pytest.mark.parametrize("case", CASES)
 def test_gradient_penalty_matches_eager(op_backend, case, training):
-    """d/d inputs of ||d sum(out * probe) / d x||^2 (a gradient penalty), fused against eager."""
-    fn, tensors = CASES[case]
+    _assert_penalty_matches_eager(*CASES[case], training)
 
-    def penalty_grads(module):
+
+def _assert_penalty_matches_eager(fn, tensors, training):
+    """The first-order gradients taken with create_graph and the gradients of a penalty on
+    all of them (sum of their squares), fused against eager."""
+    def gradients(module):
         inputs = [t.clone().requires_grad_() for t in tensors]
         out = fn(module, *inputs, training=training)
-        probe = _t(*out.shape, seed=20)
-        (grad_x,) = torch.autograd.grad((out * probe).sum(), inputs[0], create_graph=True)
-        return torch.autograd.grad(grad_x.pow(2).sum(), inputs, allow_unused=True)
+        first = torch.autograd.grad((out * _t(*out.shape, seed=20)).sum(), inputs, create_graph=True)
+        second = torch.autograd.grad(sum(g.pow(2).sum() for g in first), inputs, allow_unused=True)
+        return [g.detach() for g in first] + list(second)
 
-    for t, fused, eager in zip(tensors, penalty_grads(ops), penalty_grads(reference)):
+    for t, fused, eager in zip(tensors + tensors, gradients(ops), gradients(reference)):
         # None: not in the graph of the penalty, as good as zeros (eager's ReLU backward reads
         # its output, which depends on every input, so eager returns zeros where fused says None).
         zeros = torch.zeros_like(t)
         torch.testing.assert_close(zeros if fused is None else fused, zeros if eager is None else eager,
                                    rtol=1e-9, atol=1e-10)
+
+
+def test_inputs_computed_from_one_another(op_backend):
+    """A backward returns partial derivatives: with y computed from identity (as in every
+    residual block), d/d identity must not also count the path through y."""
+    fn, tensors = CASES["bn_add_relu identity_bn"]
+    _assert_penalty_matches_eager(
+        lambda m, x, w, b, i, iw, ib, *, training: fn(m, x + 0.5 * i, w, b, i, iw, ib, training=training),
+        tensors, training=True)
+
+
+def _tiny_models(kind):
+    """(ours, torchvision's / timm's), one block per stage, the same float64 state."""
+    if kind in ("basic", "bottleneck", "bottleneck low_memory"):
+        block = "BasicBlock" if kind == "basic" else "Bottleneck"
+        ours, ref = build_pair(lambda: ResNet(getattr(blocks, block), [1, 1, 1, 1], num_classes=5),
+                               lambda: tv_resnet.ResNet(getattr(tv_resnet, block), [1, 1, 1, 1], num_classes=5))
+        if kind.endswith("low_memory"):
+            ours.set_low_memory()
+        return ours, ref
+    return tiny_pair(kind)
+
+
+@pytest.mark.parametrize("kind", ["basic", "bottleneck", "bottleneck low_memory", "se-bottleneck",
+                                  "preact-bottleneck"])
+def test_model_gradient_penalty_matches_eager(op_backend, kind):
+    """An input-gradient penalty (WGAN-GP / R1 style) through a whole model, against the eager model."""
+    models, results = _tiny_models(kind), []
+    for model in models:
+        model.train()
+        x = make_input().requires_grad_()
+        (grad_x,) = torch.autograd.grad(model(x).pow(2).sum(), x, create_graph=True)
+        grads = torch.autograd.grad(grad_x.pow(2).sum(), list(model.parameters()), allow_unused=True)
+        results.append((grad_x.detach(), grads))
+    (ours_x, ours_grads), (ref_x, ref_grads) = results
+    assert rel_err(ours_x, ref_x) < 1e-10
+    for param, fused, eager in zip(models[1].parameters(), ours_grads, ref_grads):
+        zeros = torch.zeros_like(param)
+        assert rel_err(zeros if fused is None else fused, zeros if eager is None else eager) < 1e-9
 
 
 def test_first_order_values_unchanged_by_create_graph(op_backend):

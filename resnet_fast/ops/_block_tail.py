@@ -79,17 +79,20 @@ def _differentiable_backward(grad_out, y, weight, bias, mean, invstd, identity, 
                              id_mean, id_invstd, se, use_batch_stats, eps, relu, group_name, needs):
     """backward()'s result from eager operations, for a gradient with create_graph=True."""
     _double_backward.require_supported(group_name)
-    z = _double_backward.batch_norm(y, weight, bias, mean, invstd, use_batch_stats, eps)
-    if se is not None:
-        z = _double_backward.se_scale(z, se)
-    if identity_bn:
-        z = z + _double_backward.batch_norm(identity, id_weight, id_bias, id_mean, id_invstd, use_batch_stats, eps)
-    else:
-        z = z + identity.to(z.dtype)
+
+    def output(y, weight, bias, identity, id_weight, id_bias, *se_params):
+        z = _double_backward.batch_norm(y, weight, bias, mean, invstd, use_batch_stats, eps)
+        if se_params:
+            z = _double_backward.se_scale(z, _bn.SEParams(*se_params))
+        if identity_bn:
+            return _double_backward.activation(z + _double_backward.batch_norm(
+                identity, id_weight, id_bias, id_mean, id_invstd, use_batch_stats, eps), relu, y)
+        return _double_backward.activation(z + identity.to(z.dtype), relu, y)
+
     se_inputs = () if se is None else (se.fc1_weight, se.fc1_bias, se.fc2_weight, se.fc2_bias)
     grads = _double_backward.gradients(
-        _double_backward.activation(z, relu, y), (y, weight, bias, identity, id_weight, id_bias) + se_inputs,
-        grad_out, [needs.get(name) for name in _bn.GRADIENTS] + [t is not None and t.requires_grad for t in se_inputs])
+        output, (y, weight, bias, identity, id_weight, id_bias) + se_inputs, grad_out,
+        [needs.get(name) for name in _bn.GRADIENTS] + [t is not None and t.requires_grad for t in se_inputs])
     return _bn.BackwardResult(*grads[:6], grads[6:] if se is not None else ())
 
 

@@ -23,6 +23,7 @@ import contextlib
 from typing import Callable
 
 import torch
+from torch.autograd import forward_ad
 from torch.overrides import has_torch_function
 
 _state = {"enabled": True}
@@ -38,6 +39,16 @@ def direct_call_allowed(args: tuple) -> bool:
             and torch._C._len_torch_function_stack() == 0
             and not torch._C._are_functorch_transforms_active()
             and not has_torch_function(args))
+
+
+def refuse_forward_ad(name: str, args: tuple) -> None:
+    """Forward-mode AD has no formula here: say so rather than let the registered op drop the
+    tangents (torch.func.jvp through it returns zeros, silently)."""
+    if any(isinstance(a, torch.Tensor) and forward_ad.unpack_dual(a).tangent is not None for a in args):
+        raise NotImplementedError(f"{name}: forward-mode AD (torch.func.jvp, torch.autograd.forward_ad) is not "
+                                  "supported by resnet_fast's fused ops (their eager compositions are in "
+                                  "resnet_fast/ops/reference.py; the models' state dicts load into torchvision's "
+                                  "and timm's)")
 
 
 @contextlib.contextmanager
@@ -70,6 +81,8 @@ def register_autograd(op, forward: Callable, setup_context: Callable, backward: 
     })
 
     def call(*args):
+        if forward_ad._current_level >= 0:
+            refuse_forward_ad(name, args)
         if direct_call_allowed(args):
             return function.apply(*args)
         return op(*args)

@@ -16,7 +16,7 @@ eval, in the accumulation dtype, the output rounded to the activation's dtype.
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import torch
 
@@ -67,12 +67,21 @@ def activation(z: Tensor, relu: bool, like: Tensor) -> Tensor:
     return (torch.relu(z) if relu else z).to(like.dtype)
 
 
-def gradients(output: Tensor, inputs: Sequence[Optional[Tensor]], grad_out: Tensor,
+def gradients(fn: Callable[..., Tensor], inputs: Sequence[Optional[Tensor]], grad_out: Tensor,
               needs: Sequence[bool]) -> tuple[Optional[Tensor], ...]:
-    """d output / d inputs[i] against grad_out, with create_graph, for each i that ``needs``
-    (None for the others and for inputs that are None)."""
-    take = [bool(n) and t is not None for t, n in zip(inputs, needs)]
-    chosen = [t for t, k in zip(inputs, take) if k]
+    """d fn(*inputs) / d inputs[i] against grad_out, with create_graph, for each i that ``needs``
+    (None for the others and for inputs that are None).
+
+    Each input enters ``fn`` through an alias of its own (``view_as``), and the derivatives
+    are taken with respect to the aliases: partial derivatives, as a backward must return,
+    even where one input was computed from another (a block's identity is an ancestor of y;
+    with respect to the tensors themselves autograd would add the path through y). The
+    aliases keep the gradients connected to the inputs for the next differentiation.
+    """
+    aliases = [None if t is None else t.view_as(t) for t in inputs]
+    output = fn(*aliases)
+    take = [bool(n) and t is not None for t, n in zip(aliases, needs)]
+    chosen = [t for t, k in zip(aliases, take) if k]
     grads = iter(torch.autograd.grad(output, chosen, grad_out, create_graph=True, allow_unused=True)
                  if chosen else ())
     return tuple(next(grads) if k else None for k in take)

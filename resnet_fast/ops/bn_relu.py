@@ -51,9 +51,11 @@ def _backward(ctx, grad_out, *_):
     use_batch_stats, relu, group_name, eps = ctx.config
     if _double_backward.wanted():
         _double_backward.require_supported(group_name)
-        z = _double_backward.batch_norm(x, weight, bias, mean, invstd, use_batch_stats, eps)
-        grads = _double_backward.gradients(_double_backward.activation(z, relu, x), (x, weight, bias), grad_out,
-                                           ctx.needs_input_grad[:3])
+        def output(x, weight, bias):
+            z = _double_backward.batch_norm(x, weight, bias, mean, invstd, use_batch_stats, eps)
+            return _double_backward.activation(z, relu, x)
+
+        grads = _double_backward.gradients(output, (x, weight, bias), grad_out, ctx.needs_input_grad[:3])
         return grads + (None,) * 6
     params = _bn.BNParams(weight, bias, None, None)
     norm = _bn.saved_normalized(mean, invstd, params, x)

@@ -65,10 +65,13 @@ def _backward(ctx, grad_out, *_):
     need_w = ctx.needs_input_grad[5]
     if _double_backward.wanted():
         _double_backward.require_supported(group_name)
-        z = _double_backward.batch_norm(y, bn_weight, bn_bias, mean, invstd, use_batch_stats, eps)
-        out = F.conv2d(torch.relu(z).to(y.dtype).to(weight.dtype), weight, None, stride, padding, dilation, groups)
+        def output(y, bn_weight, bn_bias, weight):
+            z = _double_backward.batch_norm(y, bn_weight, bn_bias, mean, invstd, use_batch_stats, eps)
+            return F.conv2d(torch.relu(z).to(y.dtype).to(weight.dtype), weight, None, stride, padding, dilation,
+                            groups)
+
         grad_y, grad_gamma, grad_beta, grad_w = _double_backward.gradients(
-            out, (y, bn_weight, bn_bias, weight), grad_out, (need_y, need_gamma, need_beta, need_w))
+            output, (y, bn_weight, bn_bias, weight), grad_out, (need_y, need_gamma, need_beta, need_w))
         return (grad_y, grad_gamma, grad_beta, None, None, grad_w) + (None,) * 7
     params = _bn.BNParams(bn_weight, bn_bias, None, None)
     norm = _bn.saved_normalized(mean, invstd, params, y)

@@ -99,21 +99,8 @@ def _backward(ctx, grad_out, *_):
     need_x, need_w, need_gamma, need_beta = ctx.needs_input_grad[:4]
     need_residual = ctx.needs_input_grad[6]
     if _double_backward.wanted():
-        _double_backward.require_supported(group_name)
-        z = _double_backward.batch_norm(F.conv2d(x, weight, None, stride, padding, dilation, groups), bn_weight,
-                                        bn_bias, mean, invstd, use_batch_stats, eps)
-        if recompute_conv:
-            # The residual was not saved: the ReLU mask comes off the saved output, and the
-            # residual's gradient is the masked gradient.
-            mask = saved.detach() > 0 if relu else None
-            out = (torch.where(mask, z, 0) if relu else z).to(x.dtype)
-            grad_residual = (torch.where(mask, grad_out, 0) if relu else grad_out) if need_residual else None
-        else:
-            out = _double_backward.activation(z if residual is None else z + residual.to(z.dtype), relu, x)
-        grads = _double_backward.gradients(out, (x, weight, bn_weight, bn_bias, None if recompute_conv else residual),
-                                           grad_out, (need_x, need_w, need_gamma, need_beta, need_residual))
-        if recompute_conv:
-            grads = grads[:4] + (grad_residual,)
+        grads = _differentiable_backward(grad_out, x, weight, saved, bn_weight, bn_bias, residual, mean, invstd,
+                                         ctx.config, (need_x, need_w, need_gamma, need_beta, need_residual))
         return grads[:4] + (None, None, grads[4]) + (None,) * 10
     params = _bn.BNParams(bn_weight, bn_bias, None, None)
     if recompute_conv:
@@ -136,6 +123,29 @@ def _backward(ctx, grad_out, *_):
         grad_x, grad_w, _ = torch.ops.aten.convolution_backward(
             r.grad_y, x, weight, None, stride, padding, dilation, False, [0, 0], groups, [need_x, need_w, False])
     return (grad_x, grad_w, r.grad_weight, r.grad_bias, None, None, grad_residual) + (None,) * 10
+
+
+def _differentiable_backward(grad_out, x, weight, saved, bn_weight, bn_bias, residual, mean, invstd, config,
+                             needs):
+    """Gradients for (x, weight, bn_weight, bn_bias, residual) from eager operations, for a
+    gradient with create_graph=True."""
+    stride, padding, dilation, groups, use_batch_stats, _, relu, recompute_conv, group_name, eps = config
+    _double_backward.require_supported(group_name)
+    # With recompute_conv the residual was not saved: the ReLU mask comes off the saved
+    # output, and the residual's gradient is the masked gradient.
+    mask = saved.detach() > 0 if recompute_conv and relu else None
+
+    def output(x, weight, bn_weight, bn_bias, residual):
+        z = _double_backward.batch_norm(F.conv2d(x, weight, None, stride, padding, dilation, groups), bn_weight,
+                                        bn_bias, mean, invstd, use_batch_stats, eps)
+        if mask is not None:
+            return torch.where(mask, z, 0).to(x.dtype)
+        return _double_backward.activation(z if residual is None else z + residual.to(z.dtype), relu, x)
+
+    grads = _double_backward.gradients(output, (x, weight, bn_weight, bn_bias, residual), grad_out, needs)
+    if recompute_conv and needs[4]:
+        grads = grads[:4] + (grad_out if mask is None else torch.where(mask, grad_out, 0),)
+    return grads
 
 
 _call_op = _direct_call.register_autograd(conv_bn_relu_op, _forward, _setup_context, _backward)
