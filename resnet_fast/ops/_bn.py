@@ -126,6 +126,9 @@ def verify_batch_size(size: torch.Size) -> None:
 
 def match_layout(t: Tensor, ref: Tensor) -> Tensor:
     """``t`` in the layout the kernels will read ``ref`` in (NCHW when contiguous, else channels_last)."""
+    if torch._C._functorch.is_batchedtensor(ref):
+        # Under vmap only the contiguous layout can be queried; the kernels run per sample.
+        return t.contiguous()
     fmt = torch.contiguous_format if ref.is_contiguous() else torch.channels_last
     return t if t.is_contiguous(memory_format=fmt) else t.contiguous(memory_format=fmt)
 
@@ -452,7 +455,8 @@ def update_running_stats(running_mean: Optional[Tensor], running_var: Optional[T
         factor = 1.0 / num_batches_tracked.to(batch_mean.dtype)
     else:
         factor = momentum
-        if running_mean.dtype == batch_mean.dtype and running_var.dtype == unbiased_var.dtype:
+        if (running_mean.dtype == batch_mean.dtype and running_var.dtype == unbiased_var.dtype
+                and not torch._C._are_functorch_transforms_active()):  # (foreach ops have no vmap rule)
             # Two foreach calls instead of eight small ops: at the 7x7 stage this update
             # costs as much host time as a fused op's kernels.
             torch._foreach_mul_([running_mean, running_var], 1 - factor)
@@ -481,6 +485,10 @@ def bn_act_forward(y: Tensor, params: BNParams, use_batch_stats: bool, eps: floa
                    residual: Optional[Tensor] = None, res_params: Optional[BNParams] = None,
                    se: Optional[SEParams] = None, group_name: str = "") -> ForwardResult:
     """out = act(bn(y) * gate + R) with R = residual, bn_res(residual) or 0; see the module docstring."""
+    if torch._C._functorch.is_batchedtensor(y):
+        # Under vmap the kernels run once per sample on slices of the batched tensors, which
+        # must be contiguous: batch dimension in front (what a batched .contiguous() gives).
+        y, residual = y.contiguous(), None if residual is None else residual.contiguous()
     if cpu_fused(y, se, group_name):
         return _cpu_forward(y, params, use_batch_stats, eps, relu, residual, res_params)
     norm, var, sample_mean = normalize(y, params, use_batch_stats, eps, group_name, need_sample_mean=se is not None)

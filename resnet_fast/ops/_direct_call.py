@@ -12,10 +12,14 @@ where the op's kernels take tens of microseconds, it would be most of it.
 ``register_autograd`` registers the formula on the op as usual and returns a caller. The
 caller runs the op's own forward, setup_context and backward as a plain
 ``torch.autograd.Function``, the same autograd node the generated kernel would build,
-when the call is plain eager on CPU or CUDA tensors; otherwise (compiling, tracing, a
-dispatch or torch-function mode, functorch transforms, tensor subclasses, other devices)
-it calls the registered op. Both give the same results bit for bit
-(tests/test_direct_call.py).
+when the call is plain eager on CPU or CUDA tensors. Under a torch.func transform (grad,
+vjp, jacrev, vmap), which refuses the generated kernel's Function, it runs the same three
+as a Function in the style torch.func requires (setup_context, a generated vmap rule).
+Otherwise (compiling, tracing, a dispatch or torch-function mode, tensor subclasses, other
+devices) it calls the registered op. The direct call and the registered op give the same
+results bit for bit (tests/test_direct_call.py); under a transform the backward is itself
+differentiated and takes the create_graph path (_double_backward.py,
+tests/test_func_transforms.py).
 """
 from __future__ import annotations
 
@@ -29,16 +33,26 @@ from torch.overrides import has_torch_function
 _state = {"enabled": True}
 
 
-def direct_call_allowed(args: tuple) -> bool:
-    """Whether ``args`` (the op's arguments, first one a tensor) may skip the dispatcher."""
+def _plain_eager(args: tuple) -> bool:
     return (_state["enabled"]
             and args[0].device.type in ("cpu", "cuda")
             and not torch.compiler.is_compiling()
             and not torch.jit.is_tracing()
             and torch._C._len_torch_dispatch_stack() == 0
             and torch._C._len_torch_function_stack() == 0
-            and not torch._C._are_functorch_transforms_active()
             and not has_torch_function(args))
+
+
+def direct_call_allowed(args: tuple) -> bool:
+    """Whether ``args`` (the op's arguments, first one a tensor) may skip the dispatcher."""
+    return _plain_eager(args) and not torch._C._are_functorch_transforms_active()
+
+
+def functorch_call_allowed(args: tuple) -> bool:
+    """Whether to run the op as the Function torch.func accepts (setup_context style, vmap
+    rule generated): under a torch.func transform (grad, vjp, jacrev, vmap), where the
+    registered op's generated autograd.Function is refused."""
+    return _plain_eager(args) and torch._C._are_functorch_transforms_active()
 
 
 def refuse_forward_ad(name: str, args: tuple) -> None:
@@ -79,12 +93,22 @@ def register_autograd(op, forward: Callable, setup_context: Callable, backward: 
         "forward": staticmethod(forward_and_setup),
         "backward": staticmethod(backward),
     })
+    # The same node in the style torch.func requires; its backward, differentiated by the
+    # transforms, takes the create_graph path (_double_backward).
+    functorch_function = type(f"{name}_functorch", (torch.autograd.Function,), {
+        "forward": staticmethod(forward),
+        "setup_context": staticmethod(setup_context),
+        "backward": staticmethod(backward),
+        "generate_vmap_rule": True,
+    })
 
     def call(*args):
         if forward_ad._current_level >= 0:
             refuse_forward_ad(name, args)
         if direct_call_allowed(args):
             return function.apply(*args)
+        if functorch_call_allowed(args):
+            return functorch_function.apply(*args)
         return op(*args)
 
     call.__name__ = call.__qualname__ = f"call_{name}"

@@ -4,11 +4,12 @@ The fused ops' backward runs kernels (C++, Triton, CUDA) that autograd cannot se
 gradient taken with ``create_graph=True`` (gradient penalties, Hessian-vector products,
 MAML) would get a graph that silently drops every second-order term through the op (torch
 only warns that the op has no autograd kernel). Autograd runs a backward with grad mode on
-when, and only when, the graph of the gradient is being built, so ``wanted()`` tells the ops'
-backward to take this path instead: recompute the op's output from the saved tensors with
-differentiable eager operations and return ``torch.autograd.grad`` of it with
-``create_graph=True``. That call costs what eager costs; its first-order values equal the
-kernels' up to rounding, and every higher-order term is eager PyTorch's.
+when, and only when, the graph of the gradient is being built (create_graph=True; torch.func
+transforms always build it), so ``wanted()`` tells the ops' backward to take this path
+instead: recompute the op's output from the saved tensors with differentiable eager
+operations and return its vector-Jacobian product (``gradients``), itself differentiable.
+That costs what eager costs; the first-order values equal the kernels' up to rounding, and
+every higher-order term is eager PyTorch's.
 
 The recomputation follows resnet_fast/ops/reference.py: batch statistics recomputed from the
 saved activation in training (they depend on it), the saved running ones as constants in
@@ -69,19 +70,22 @@ def activation(z: Tensor, relu: bool, like: Tensor) -> Tensor:
 
 def gradients(fn: Callable[..., Tensor], inputs: Sequence[Optional[Tensor]], grad_out: Tensor,
               needs: Sequence[bool]) -> tuple[Optional[Tensor], ...]:
-    """d fn(*inputs) / d inputs[i] against grad_out, with create_graph, for each i that ``needs``
-    (None for the others and for inputs that are None).
+    """The vector-Jacobian product of ``fn`` at ``inputs`` with grad_out, for each input that
+    ``needs`` it (None for the others and for inputs that are None), itself differentiable.
 
-    Each input enters ``fn`` through an alias of its own (``view_as``), and the derivatives
-    are taken with respect to the aliases: partial derivatives, as a backward must return,
-    even where one input was computed from another (a block's identity is an ancestor of y;
-    with respect to the tensors themselves autograd would add the path through y). The
-    aliases keep the gradients connected to the inputs for the next differentiation.
+    torch.func.vjp rather than torch.autograd.grad: its derivatives are partial ones, as a
+    backward must return, even where one input was computed from another (a block's
+    identity is an ancestor of y, and autograd.grad with respect to the identity would add
+    the path through y), and it also runs inside torch.func transforms (jacrev vmaps it).
     """
-    aliases = [None if t is None else t.view_as(t) for t in inputs]
-    output = fn(*aliases)
-    take = [bool(n) and t is not None for t, n in zip(aliases, needs)]
-    chosen = [t for t, k in zip(aliases, take) if k]
-    grads = iter(torch.autograd.grad(output, chosen, grad_out, create_graph=True, allow_unused=True)
-                 if chosen else ())
+    take = [bool(n) and t is not None for t, n in zip(inputs, needs)]
+    if not any(take):
+        return tuple(None for _ in inputs)
+
+    def of_taken(*taken):
+        values = iter(taken)
+        return fn(*(next(values) if k else t for t, k in zip(inputs, take)))
+
+    _, vjp = torch.func.vjp(of_taken, *(t for t, k in zip(inputs, take) if k))
+    grads = iter(vjp(grad_out))
     return tuple(next(grads) if k else None for k in take)

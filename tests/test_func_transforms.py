@@ -1,0 +1,108 @@
+"""torch.func transforms through the fused ops: grad, jacrev, vmap and their compositions.
+
+Under a transform the ops run as a setup_context-style autograd.Function with a generated
+vmap rule (torch's own custom-op autograd is refused by torch.func); their backward is then
+differentiated by the transform, so it takes the create_graph path. Everything in float64
+against the same transform of the eager reference.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+import torchvision.models.resnet as tv_resnet
+
+from model_utils import build_pair, make_input, rel_err
+from resnet_fast import ops
+from resnet_fast.models import ResNet, blocks
+from resnet_fast.ops import reference
+from test_double_backward import CASES
+
+pytestmark = pytest.mark.filterwarnings("ignore:There is a performance drop")  # vmap's per-sample fallback
+
+
+def _loss(module, fn, training):
+    return lambda *inputs: fn(module, *inputs, training=training).pow(2).sum()
+
+
+def _transforms():
+    """name -> (module -> (tensors -> result)) for one op case's fn."""
+    def grad_all(module, fn, training, tensors):
+        return torch.func.grad(_loss(module, fn, training), argnums=tuple(range(len(tensors))))(*tensors)
+
+    def jacrev_weight(module, fn, training, tensors):  # d out / d (second input): vmap over the backward
+        return torch.func.jacrev(lambda w: fn(module, tensors[0], w, *tensors[2:], training=training))(tensors[1])
+
+    def vmap_batch(module, fn, training, tensors):  # two of each 4-D input: own statistics (and conv weights)
+        stacked = [torch.stack([t, 2 * t]) if t.dim() == 4 else t for t in tensors]
+        dims = tuple(0 if t.dim() == 4 else None for t in tensors)
+        return torch.func.vmap(lambda *a: fn(module, *a, training=training), in_dims=dims)(*stacked)
+
+    def grad_of_grad(module, fn, training, tensors):
+        def inner_penalty(w):
+            g = torch.func.grad(lambda x: _loss(module, fn, training)(x, w, *tensors[2:]))(tensors[0])
+            return g.pow(2).sum()
+        return torch.func.grad(inner_penalty)(tensors[1])
+
+    return {"grad": grad_all, "jacrev": jacrev_weight, "vmap": vmap_batch, "grad_of_grad": grad_of_grad}
+
+
+TRANSFORMS = _transforms()
+OPS = ["bn_relu", "bn_add_relu identity_bn", "squeeze_excite", "conv_bn_relu residual", "bn_relu_conv"]
+
+
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("transform", TRANSFORMS)
+@pytest.mark.parametrize("case", OPS)
+def test_transform_matches_eager(op_backend, case, transform, training):
+    fn, tensors = CASES[case]
+    if transform == "vmap" and training:
+        # The cases' running statistics are not batched: like nn.BatchNorm, the update refuses
+        # (test_vmap_with_batched_running_statistics batches them).
+        for module in (ops, reference):
+            with pytest.raises(RuntimeError):
+                TRANSFORMS[transform](module, fn, training, tensors)
+        return
+    fused = TRANSFORMS[transform](ops, fn, training, tensors)
+    eager = TRANSFORMS[transform](reference, fn, training, tensors)
+    fused, eager = (fused, eager) if isinstance(fused, tuple) else ((fused,), (eager,))
+    for a, b in zip(fused, eager):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-10)
+
+
+def test_functional_call_grad_of_a_model_matches_torchvision():
+    """torch.func.grad of a loss through torch.func.functional_call (buffers passed in, so the
+    running-statistics update is allowed), against torchvision's model."""
+    ours, ref = build_pair(lambda: ResNet(blocks.Bottleneck, [1, 1, 1, 1], num_classes=5),
+                           lambda: tv_resnet.ResNet(tv_resnet.Bottleneck, [1, 1, 1, 1], num_classes=5))
+    results = []
+    for model in (ours, ref):
+        model.train()
+        params = {k: v.detach() for k, v in model.named_parameters()}
+        buffers = {k: v.clone() for k, v in model.named_buffers()}
+        x = make_input()
+        grads = torch.func.grad(
+            lambda p, b: torch.func.functional_call(model, (p, b), (x,)).pow(2).sum())(params, buffers)
+        results.append((grads, buffers))
+    (ours_grads, ours_buffers), (ref_grads, ref_buffers) = results
+    for name in ref_grads:
+        assert rel_err(ours_grads[name], ref_grads[name]) < 1e-10, name
+    for name in ref_buffers:
+        assert rel_err(ours_buffers[name].double(), ref_buffers[name].double()) < 1e-10, name
+
+
+@pytest.mark.parametrize("op", ["bn_relu", "bn_add_relu"])
+def test_vmap_with_batched_running_statistics(op_backend, op):
+    """vmap over models (ensembles): each member its own batch and running statistics."""
+    g = torch.Generator().manual_seed(0)
+    x, identity = (torch.randn(2, 2, 3, 4, 4, generator=g, dtype=torch.float64) for _ in range(2))
+    weight, bias = torch.rand(3, dtype=torch.float64) + 0.5, torch.randn(3, dtype=torch.float64)
+    results = []
+    for module in (ops, reference):
+        mean, var = torch.zeros(2, 3, dtype=torch.float64), torch.ones(2, 3, dtype=torch.float64)
+        fn = getattr(module, op)
+        extra = (identity,) if op == "bn_add_relu" else ()
+        call = (lambda x, m, v, *i: fn(x, weight, bias, m, v, *i, training=True))
+        out = torch.func.vmap(call)(x, mean, var, *extra)
+        results.append((out, mean, var))
+    for fused, eager in zip(*results):
+        torch.testing.assert_close(fused, eager, rtol=1e-12, atol=1e-12)
