@@ -51,6 +51,7 @@ def _backward(ctx, grad_out, *_):
     use_batch_stats, relu, group_name, eps = ctx.config
     if _double_backward.wanted():
         _double_backward.require_supported(group_name)
+
         def output(x, weight, bias):
             z = _double_backward.batch_norm(x, weight, bias, mean, invstd, use_batch_stats, eps)
             return _double_backward.activation(z, relu, x)
