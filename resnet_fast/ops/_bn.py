@@ -135,6 +135,8 @@ def match_layout(t: Tensor, ref: Tensor) -> Tensor:
 
 def standard_layout(t: Tensor) -> Tensor:
     """NCHW-contiguous or channels_last-contiguous (the layouts the kernels take), copying only otherwise."""
+    if torch._C._functorch.is_batchedtensor(t):
+        return t.contiguous()  # under vmap only the contiguous layout can be queried
     if t.is_contiguous() or t.is_contiguous(memory_format=torch.channels_last):
         return t
     return t.contiguous(memory_format=torch.channels_last if t.stride(1) == 1 else torch.contiguous_format)
