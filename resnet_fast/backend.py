@@ -15,9 +15,11 @@ Pick one with ``resnet_fast.set_backend(name)`` or ``RESNET_FAST_BACKEND=name``.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
+import threading
 from typing import Callable
 
 import torch
@@ -29,6 +31,7 @@ BACKENDS = ("auto", "cpu", "cuda", "triton", "reference")
 _TABLE_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "backend_table.json")
 
 _selected = os.environ.get("RESNET_FAST_BACKEND", "auto")
+_forced = threading.local()  # .name: a backend forced for this thread by forced(), or None
 
 
 def set_backend(name: str) -> None:
@@ -39,7 +42,23 @@ def set_backend(name: str) -> None:
     _selected = name
 
 
+@contextlib.contextmanager
+def forced(name: str):
+    """Inside, on this thread only: every primitive runs on backend ``name``, whatever
+    ``set_backend`` chose (the ops use it to run in plain torch where autograd must see it)."""
+    previous = getattr(_forced, "name", None)
+    _forced.name = name
+    try:
+        yield
+    finally:
+        _forced.name = previous
+
+
 def get_backend() -> str:
+    """The backend chosen by ``set_backend`` (or RESNET_FAST_BACKEND); inside ``forced``, the forced one."""
+    name = getattr(_forced, "name", None)
+    if name is not None:
+        return name
     if _selected not in BACKENDS:
         raise ValueError(f"RESNET_FAST_BACKEND={_selected!r} is not a backend; expected one of {BACKENDS}")
     return _selected

@@ -136,20 +136,25 @@ def test_torch_compile_traces_the_registered_op():
 
 
 @pytest.mark.parametrize("path", ["direct", "dispatcher"])
-def test_forward_mode_ad_is_refused_not_dropped(path):
-    """The ops have no forward-mode formula; through the registered op torch would return the
-    output without a tangent (torch.func.jvp: zeros). Both paths raise instead."""
+def test_forward_mode_ad_gives_eager_tangents(path):
+    """A tangent reaching an op takes the reference backend's plain-torch forward (the registered
+    op would drop it: torch.func.jvp through it returned zeros); the running statistics are
+    updated as without forward AD and carry no tangent."""
     import torch.autograd.forward_ad as fwAD
 
-    x = torch.randn(2, 3, 4, 4)
-    weight, bias = torch.rand(3) + 0.5, torch.randn(3)
-    fn = lambda t: ops.bn_relu(t, weight, bias, None, None, training=True)  # noqa: E731
-    routing = _direct_call.through_dispatcher() if path == "dispatcher" else contextlib.nullcontext()
-    with routing:
-        with fwAD.dual_level():
-            with pytest.raises(NotImplementedError, match="forward-mode AD"):
-                fn(fwAD.make_dual(x, torch.randn_like(x)))
-            # A dual level with no tangent reaching the op: a plain call.
-            torch.testing.assert_close(fn(x), ops.bn_relu(x, weight, bias, None, None, training=True))
-        with pytest.raises(NotImplementedError, match="forward-mode AD"):
-            torch.func.jvp(fn, (x,), (torch.randn_like(x),))
+    from resnet_fast.ops import reference
+
+    g = torch.Generator().manual_seed(0)
+    x, tangent = torch.randn(2, 3, 4, 4, generator=g), torch.randn(2, 3, 4, 4, generator=g)
+    weight, bias = torch.rand(3, generator=g) + 0.5, torch.randn(3, generator=g)
+    results = []
+    for module in (ops, reference):
+        running_mean, running_var = torch.zeros(3), torch.ones(3)
+        routing = _direct_call.through_dispatcher() if path == "dispatcher" else contextlib.nullcontext()
+        with routing, fwAD.dual_level():
+            out = module.bn_relu(fwAD.make_dual(x, tangent), weight, bias, running_mean, running_var, training=True)
+            primal, out_tangent = fwAD.unpack_dual(out)
+            assert fwAD.unpack_dual(running_mean).tangent is None
+            results.append((primal.clone(), out_tangent.clone(), running_mean.clone(), running_var.clone()))
+    for fused, eager in zip(*results):
+        torch.testing.assert_close(fused, eager)

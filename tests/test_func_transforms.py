@@ -1,9 +1,10 @@
-"""torch.func transforms through the fused ops: grad, jacrev, vmap and their compositions.
+"""torch.func transforms through the fused ops: grad, jacrev, vmap, jvp, jacfwd, hessian.
 
 Under a transform the ops run as a setup_context-style autograd.Function with a generated
 vmap rule (torch's own custom-op autograd is refused by torch.func); their backward is then
-differentiated by the transform, so it takes the create_graph path. Everything in float64
-against the same transform of the eager reference.
+differentiated by the transform, so it takes the create_graph path. Forward-mode AD (jvp,
+jacfwd, hessian = jacfwd of jacrev) runs the op's forward on the reference backend, plain
+torch. Everything in float64 against the same transform of the eager reference.
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from resnet_fast import ops
 from resnet_fast.models import ResNet, blocks
 from resnet_fast.ops import reference
 from test_double_backward import CASES
+from test_se_preact import tiny_pair
 
 pytestmark = pytest.mark.filterwarnings("ignore:There is a performance drop")  # vmap's per-sample fallback
 
@@ -43,7 +45,23 @@ def _transforms():
             return g.pow(2).sum()
         return torch.func.grad(inner_penalty)(tensors[1])
 
-    return {"grad": grad_all, "jacrev": jacrev_weight, "vmap": vmap_batch, "grad_of_grad": grad_of_grad}
+    def jvp_all(module, fn, training, tensors):  # forward mode, a tangent for every input
+        tangents = tuple(torch.randn(t.shape, generator=torch.Generator().manual_seed(i), dtype=t.dtype)
+                         for i, t in enumerate(tensors))
+        return torch.func.jvp(lambda *a: fn(module, *a, training=training), tuple(tensors), tangents)
+
+    def jacfwd_weight(module, fn, training, tensors):
+        return torch.func.jacfwd(lambda w: fn(module, tensors[0], w, *tensors[2:], training=training))(tensors[1])
+
+    def hessian_weight(module, fn, training, tensors):  # jacfwd of jacrev
+        return torch.func.hessian(_loss_of_second(module, fn, training, tensors))(tensors[1])
+
+    return {"grad": grad_all, "jacrev": jacrev_weight, "vmap": vmap_batch, "grad_of_grad": grad_of_grad,
+            "jvp": jvp_all, "jacfwd": jacfwd_weight, "hessian": hessian_weight}
+
+
+def _loss_of_second(module, fn, training, tensors):
+    return lambda w: fn(module, tensors[0], w, *tensors[2:], training=training).pow(2).sum()
 
 
 TRANSFORMS = _transforms()
@@ -107,3 +125,48 @@ def test_vmap_with_batched_running_statistics(op_backend, op):
         results.append((out, mean, var))
     for fused, eager in zip(*results):
         torch.testing.assert_close(fused, eager, rtol=1e-12, atol=1e-12)
+
+
+def test_functional_call_jvp_of_a_model_matches_torchvision():
+    """Forward mode through a whole model (eval, so BN folds nowhere and nothing is updated):
+    the output's tangent along a random direction in parameter space, against torchvision's."""
+    ours, ref = build_pair(lambda: ResNet(blocks.Bottleneck, [1, 1, 1, 1], num_classes=5),
+                           lambda: tv_resnet.ResNet(tv_resnet.Bottleneck, [1, 1, 1, 1], num_classes=5))
+    x = make_input()
+    results = []
+    for model in (ours, ref):
+        model.eval()
+        params = {k: v.detach() for k, v in model.named_parameters()}
+        direction = {k: torch.randn(v.shape, generator=torch.Generator().manual_seed(i), dtype=v.dtype)
+                     for i, (k, v) in enumerate(params.items())}
+        results.append(torch.func.jvp(lambda p: torch.func.functional_call(model, p, (x,)), (params,), (direction,)))
+    (ours_out, ours_tangent), (ref_out, ref_tangent) = results
+    assert rel_err(ours_out, ref_out) < 1e-10
+    assert rel_err(ours_tangent, ref_tangent) < 1e-10
+
+
+@pytest.mark.parametrize("kind", ["bottleneck", "preact-bottleneck"])
+def test_forward_ad_through_inference_paths(kind):
+    """torch.autograd.forward_ad under no_grad in eval, fp32 channels_last: where inference
+    would fold BN and run oneDNN convolutions with fused epilogues (which have no forward-mode
+    formula), the tangent must still come out, as the eager model's."""
+    import torch.autograd.forward_ad as fwAD
+
+    if kind == "bottleneck":
+        models = build_pair(lambda: ResNet(blocks.Bottleneck, [1, 1, 1, 1], num_classes=5),
+                            lambda: tv_resnet.ResNet(tv_resnet.Bottleneck, [1, 1, 1, 1], num_classes=5))
+    else:
+        models = tiny_pair(kind)
+    x = make_input().float().contiguous(memory_format=torch.channels_last)
+    tangent = torch.randn(x.shape, generator=torch.Generator().manual_seed(3)).contiguous(
+        memory_format=torch.channels_last)
+    results = []
+    for model in models:
+        model.float().eval().to(memory_format=torch.channels_last)
+        with torch.no_grad(), fwAD.dual_level():
+            primal, out_tangent = fwAD.unpack_dual(model(fwAD.make_dual(x, tangent)))
+            assert out_tangent is not None
+            results.append((primal.clone(), out_tangent.clone()))
+    (ours_out, ours_tangent), (ref_out, ref_tangent) = results
+    assert rel_err(ours_out, ref_out) < 1e-5  # fp32 against fp32 eager
+    assert rel_err(ours_tangent, ref_tangent) < 1e-5

@@ -39,6 +39,7 @@ from functools import cached_property
 from typing import Optional
 
 import torch
+from torch.autograd import forward_ad
 
 from .. import backend
 from .primitives import acc_dtype
@@ -449,6 +450,8 @@ def update_running_stats(running_mean: Optional[Tensor], running_var: Optional[T
     """nn.BatchNorm's update with the batch's unbiased variance: momentum, or None for the cumulative average."""
     if running_mean is None:
         return
+    if forward_ad._current_level >= 0:  # the statistics may carry tangents; the buffers must not
+        batch_mean, unbiased_var = batch_mean.detach(), unbiased_var.detach()
     if num_batches_tracked is not None:
         num_batches_tracked.add_(1)
     if momentum is None:

@@ -16,10 +16,11 @@ when the call is plain eager on CPU or CUDA tensors. Under a torch.func transfor
 vjp, jacrev, vmap), which refuses the generated kernel's Function, it runs the same three
 as a Function in the style torch.func requires (setup_context, a generated vmap rule).
 Otherwise (compiling, tracing, a dispatch or torch-function mode, tensor subclasses, other
-devices) it calls the registered op. The direct call and the registered op give the same
-results bit for bit (tests/test_direct_call.py); under a transform the backward is itself
-differentiated and takes the create_graph path (_double_backward.py,
-tests/test_func_transforms.py).
+devices) it calls the registered op. Where forward-mode AD may see the op it runs the op's
+forward on the reference backend, plain torch, outside any Function (``forward_mode``).
+The direct call and the registered op give the same results bit for bit
+(tests/test_direct_call.py); under a transform the backward is itself differentiated and
+takes the create_graph path (_double_backward.py, tests/test_func_transforms.py).
 """
 from __future__ import annotations
 
@@ -29,6 +30,8 @@ from typing import Callable
 import torch
 from torch.autograd import forward_ad
 from torch.overrides import has_torch_function
+
+from .. import backend
 
 _state = {"enabled": True}
 
@@ -55,14 +58,13 @@ def functorch_call_allowed(args: tuple) -> bool:
     return _plain_eager(args) and torch._C._are_functorch_transforms_active()
 
 
-def refuse_forward_ad(name: str, args: tuple) -> None:
-    """Forward-mode AD has no formula here: say so rather than let the registered op drop the
-    tangents (torch.func.jvp through it returns zeros, silently)."""
-    if any(isinstance(a, torch.Tensor) and forward_ad.unpack_dual(a).tangent is not None for a in args):
-        raise NotImplementedError(f"{name}: forward-mode AD (torch.func.jvp, torch.autograd.forward_ad) is not "
-                                  "supported by resnet_fast's fused ops (their eager compositions are in "
-                                  "resnet_fast/ops/reference.py; the models' state dicts load into torchvision's "
-                                  "and timm's)")
+def forward_mode(args: tuple) -> bool:
+    """Whether forward-mode AD (torch.autograd.forward_ad, torch.func.jvp / jacfwd / hessian) may
+    see the op: a tangent reaches it, or a dual level is open under a torch.func transform
+    (jacfwd of jacrev: the tangent lives on tensors the inner transform wrapped)."""
+    return forward_ad._current_level >= 0 and (
+        torch._C._are_functorch_transforms_active()
+        or any(isinstance(a, torch.Tensor) and forward_ad.unpack_dual(a).tangent is not None for a in args))
 
 
 @contextlib.contextmanager
@@ -103,8 +105,12 @@ def register_autograd(op, forward: Callable, setup_context: Callable, backward: 
     })
 
     def call(*args):
-        if forward_ad._current_level >= 0:
-            refuse_forward_ad(name, args)
+        if forward_mode(args):
+            # Forward-mode AD has no formula of its own: the op's forward on the reference
+            # backend is plain torch, which forward AD (and autograd) differentiate as eager.
+            # The registered op would drop the tangent (torch.func.jvp would return zeros).
+            with backend.forced("reference"):
+                return forward(*args)
         if direct_call_allowed(args):
             return function.apply(*args)
         if functorch_call_allowed(args):

@@ -24,6 +24,7 @@ from typing import Optional, Sequence
 
 import torch
 import torch.nn.functional as F
+from torch.autograd import forward_ad
 
 from .. import _weight_cache, backend
 from . import _bn
@@ -42,9 +43,12 @@ def _onednn_pointwise_available() -> bool:
 
 
 def uses_onednn_epilogue(x: Tensor) -> bool:
-    """Whether ``folded_conv`` on ``x`` runs as one oneDNN convolution with post-ops."""
+    """Whether ``folded_conv`` on ``x`` runs as one oneDNN convolution with post-ops. Not under
+    forward-mode AD (the oneDNN op has no formula and would drop the tangent) nor torch.func
+    transforms (batched tensors)."""
     return (x.device.type == "cpu" and x.dtype == torch.float32 and torch.backends.mkldnn.enabled
-            and backend.get_backend() in ("auto", "cpu") and _onednn_pointwise_available())
+            and backend.get_backend() in ("auto", "cpu") and _onednn_pointwise_available()
+            and forward_ad._current_level < 0 and not torch._C._are_functorch_transforms_active())
 
 
 def conv_weight(x: Tensor, weight: Tensor, stride: Sequence[int], padding: Sequence[int], dilation: Sequence[int],
