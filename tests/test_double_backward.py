@@ -126,7 +126,7 @@ def test_inputs_computed_from_one_another(op_backend):
         tensors, training=True)
 
 
-def _tiny_models(kind):
+def tiny_models(kind):
     """(ours, torchvision's / timm's), one block per stage, the same float64 state."""
     if kind in ("basic", "bottleneck", "bottleneck low_memory"):
         block = "BasicBlock" if kind == "basic" else "Bottleneck"
@@ -142,7 +142,7 @@ def _tiny_models(kind):
                                   "preact-bottleneck"])
 def test_model_gradient_penalty_matches_eager(op_backend, kind):
     """An input-gradient penalty (WGAN-GP / R1 style) through a whole model, against the eager model."""
-    models, results = _tiny_models(kind), []
+    models, results = tiny_models(kind), []
     for model in models:
         model.train()
         x = make_input().requires_grad_()

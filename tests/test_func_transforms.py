@@ -10,14 +10,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torchvision.models.resnet as tv_resnet
 
-from model_utils import build_pair, make_input, rel_err
+from model_utils import make_input, rel_err
 from resnet_fast import ops
-from resnet_fast.models import ResNet, blocks
 from resnet_fast.ops import reference
-from test_double_backward import CASES
-from test_se_preact import tiny_pair
+from test_double_backward import CASES, tiny_models
 
 pytestmark = pytest.mark.filterwarnings("ignore:There is a performance drop")  # vmap's per-sample fallback
 
@@ -90,8 +87,7 @@ def test_transform_matches_eager(op_backend, case, transform, training):
 def test_functional_call_grad_of_a_model_matches_torchvision():
     """torch.func.grad of a loss through torch.func.functional_call (buffers passed in, so the
     running-statistics update is allowed), against torchvision's model."""
-    ours, ref = build_pair(lambda: ResNet(blocks.Bottleneck, [1, 1, 1, 1], num_classes=5),
-                           lambda: tv_resnet.ResNet(tv_resnet.Bottleneck, [1, 1, 1, 1], num_classes=5))
+    ours, ref = tiny_models("bottleneck")
     results = []
     for model in (ours, ref):
         model.train()
@@ -130,8 +126,7 @@ def test_vmap_with_batched_running_statistics(op_backend, op):
 def test_functional_call_jvp_of_a_model_matches_torchvision():
     """Forward mode through a whole model (eval, so BN folds nowhere and nothing is updated):
     the output's tangent along a random direction in parameter space, against torchvision's."""
-    ours, ref = build_pair(lambda: ResNet(blocks.Bottleneck, [1, 1, 1, 1], num_classes=5),
-                           lambda: tv_resnet.ResNet(tv_resnet.Bottleneck, [1, 1, 1, 1], num_classes=5))
+    ours, ref = tiny_models("bottleneck")
     x = make_input()
     results = []
     for model in (ours, ref):
@@ -152,11 +147,7 @@ def test_forward_ad_through_inference_paths(kind):
     formula), the tangent must still come out, as the eager model's."""
     import torch.autograd.forward_ad as fwAD
 
-    if kind == "bottleneck":
-        models = build_pair(lambda: ResNet(blocks.Bottleneck, [1, 1, 1, 1], num_classes=5),
-                            lambda: tv_resnet.ResNet(tv_resnet.Bottleneck, [1, 1, 1, 1], num_classes=5))
-    else:
-        models = tiny_pair(kind)
+    models = tiny_models(kind)
     x = make_input().float().contiguous(memory_format=torch.channels_last)
     tangent = torch.randn(x.shape, generator=torch.Generator().manual_seed(3)).contiguous(
         memory_format=torch.channels_last)

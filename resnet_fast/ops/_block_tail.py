@@ -60,8 +60,8 @@ def backward(ctx, grad_out, needs, se_from_saved=None):
     """Gradients for (y, weight, bias, identity, id_weight, id_bias) and the SE parameters."""
     y, weight, bias, identity, id_weight, id_bias, mean, invstd, id_mean, id_invstd, *se_saved = ctx.saved_tensors
     identity_bn, use_batch_stats, relu, group_name, eps = ctx.config
+    se, sample_mean = se_from_saved(se_saved) if se_from_saved else (None, None)
     if _double_backward.wanted():
-        se = se_from_saved(se_saved)[0] if se_from_saved else None
         return _differentiable_backward(grad_out, y, weight, bias, mean, invstd, identity, identity_bn, id_weight,
                                         id_bias, id_mean, id_invstd, se, use_batch_stats, eps, relu, group_name, needs)
     params = _bn.BNParams(weight, bias, None, None)
@@ -70,7 +70,6 @@ def backward(ctx, grad_out, needs, se_from_saved=None):
     if identity_bn:
         id_params = _bn.BNParams(id_weight, id_bias, None, None)
         id_norm = _bn.saved_normalized(id_mean, id_invstd, id_params, identity)
-    se, sample_mean = se_from_saved(se_saved) if se_from_saved else (None, None)
     return _bn.bn_act_backward(grad_out, y, params, norm, use_batch_stats, relu, identity, id_params, id_norm,
                                se, sample_mean, group_name, needs)
 

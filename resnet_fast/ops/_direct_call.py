@@ -58,6 +58,13 @@ def functorch_call_allowed(args: tuple) -> bool:
     return _plain_eager(args) and torch._C._are_functorch_transforms_active()
 
 
+def transform_active() -> bool:
+    """A torch.func transform or a forward-mode AD dual level is active: the ops' inference
+    shortcuts (BN folded into the weights, oneDNN epilogues) step aside, as they can neither
+    look at batched tensors nor carry tangents."""
+    return torch._C._are_functorch_transforms_active() or forward_ad._current_level >= 0
+
+
 def forward_mode(args: tuple) -> bool:
     """Whether forward-mode AD (torch.autograd.forward_ad, torch.func.jvp / jacfwd / hessian) may
     see the op: a tangent reaches it, or a dual level is open under a torch.func transform

@@ -50,12 +50,8 @@ def batch_norm(y: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], mean
         invstd = torch.rsqrt(y.var((0, 2, 3), unbiased=False) + eps)
     else:
         mean, invstd = mean.detach().to(acc), invstd.detach().to(acc)
-    z = (y - mean[:, None, None]) * invstd[:, None, None]
-    if weight is not None:
-        z = z * weight.to(acc)[:, None, None]
-    if bias is not None:
-        z = z + bias.to(acc)[:, None, None]
-    return z
+    a, c0 = _bn.affine(mean, invstd, weight, bias)
+    return y * a[:, None, None] + c0[:, None, None]
 
 
 def se_scale(b: Tensor, se: _bn.SEParams) -> Tensor:

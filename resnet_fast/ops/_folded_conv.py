@@ -24,10 +24,9 @@ from typing import Optional, Sequence
 
 import torch
 import torch.nn.functional as F
-from torch.autograd import forward_ad
 
 from .. import _weight_cache, backend
-from . import _bn
+from . import _bn, _direct_call
 
 Tensor = torch.Tensor
 
@@ -43,12 +42,11 @@ def _onednn_pointwise_available() -> bool:
 
 
 def uses_onednn_epilogue(x: Tensor) -> bool:
-    """Whether ``folded_conv`` on ``x`` runs as one oneDNN convolution with post-ops. Not under
-    forward-mode AD (the oneDNN op has no formula and would drop the tangent) nor torch.func
-    transforms (batched tensors)."""
+    """Whether ``folded_conv`` on ``x`` runs as one oneDNN convolution with post-ops (not under a
+    transform: the oneDNN op has no forward-mode formula and would drop the tangent)."""
     return (x.device.type == "cpu" and x.dtype == torch.float32 and torch.backends.mkldnn.enabled
             and backend.get_backend() in ("auto", "cpu") and _onednn_pointwise_available()
-            and forward_ad._current_level < 0 and not torch._C._are_functorch_transforms_active())
+            and not _direct_call.transform_active())
 
 
 def conv_weight(x: Tensor, weight: Tensor, stride: Sequence[int], padding: Sequence[int], dilation: Sequence[int],

@@ -65,6 +65,7 @@ def _backward(ctx, grad_out, *_):
     need_w = ctx.needs_input_grad[5]
     if _double_backward.wanted():
         _double_backward.require_supported(group_name)
+
         def output(y, bn_weight, bn_bias, weight):
             z = _double_backward.batch_norm(y, bn_weight, bn_bias, mean, invstd, use_batch_stats, eps)
             return F.conv2d(torch.relu(z).to(y.dtype).to(weight.dtype), weight, None, stride, padding, dilation,

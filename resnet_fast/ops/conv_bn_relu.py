@@ -29,7 +29,6 @@ from typing import Optional, Sequence
 
 import torch
 import torch.nn.functional as F
-from torch.autograd import forward_ad
 from torch.nn.modules.utils import _pair
 
 from . import _bn, _direct_call, _double_backward
@@ -193,10 +192,8 @@ def conv_bn_relu(x: Tensor, weight: Tensor, bn_weight: Optional[Tensor], bn_bias
     # conv dtype, which gradients would inherit: fold for inference only.
     needs_grad = torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (x, weight, bn_weight, bn_bias, residual))
-    # Nor under torch.func transforms or forward-mode AD: the folded path's weight cache and
-    # oneDNN layouts cannot look at batched tensors, nor keep tangents.
-    fold_bn = (not use_batch_stats and not needs_grad and not torch._C._are_functorch_transforms_active()
-               and forward_ad._current_level < 0)
+    # Nor under a transform (the weight cache and oneDNN layouts: _direct_call.transform_active).
+    fold_bn = not use_batch_stats and not needs_grad and not _direct_call.transform_active()
     with autocast_disabled(x):
         out, _, mean, _, var = _call_op(x, weight, bn_weight, bn_bias, running_mean, running_var, residual,
                                         stride, padding, dilation, groups, use_batch_stats, fold_bn, eps, relu,
