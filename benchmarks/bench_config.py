@@ -173,6 +173,7 @@ def device_name(device: str) -> str:
 def environment() -> dict:
     """Facts recorded with every benchmark row (extra_info) and once per JSON file."""
     import resnet_fast
+    from resnet_fast import _extension
 
     s = settings()
     return {
@@ -181,6 +182,7 @@ def environment() -> dict:
         "torch": torch.__version__,
         "cuda": torch.version.cuda,
         "resnet_fast": getattr(resnet_fast, "__version__", "?"),
+        "cpu_kernels": _extension.cpu_kernels(),
         "dtype": "bf16 autocast" if s.cuda else "fp32",
         "channels_last": True,
         "threads": torch.get_num_threads(),

@@ -136,6 +136,12 @@ def _loaded() -> bool:
     return True
 
 
+def cpu_kernels() -> str | None:
+    """The instruction set of the C++ CPU kernels in use ("avx512", "avx2" or "generic"; None
+    without the compiled library). ``torch.ops.resnet_fast.cpu_use_kernels(name)`` switches it."""
+    return torch.ops.resnet_fast.cpu_kernels() if load() else None
+
+
 def has_cuda_kernels() -> bool:
     """Whether the compiled library brought CUDA kernels for every primitive."""
     return load() and status["cuda_kernels"]

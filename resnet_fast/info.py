@@ -33,6 +33,7 @@ def collect() -> dict:
         "selected backend": backend.get_backend(),
         "backends": backend.backend_status(),
         "CPU tensors run on": backend.resolve("bn_stats", torch.device("cpu")),
+        "C++ CPU kernels": _extension.cpu_kernels(),
     }
 
 

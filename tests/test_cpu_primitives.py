@@ -3,7 +3,7 @@
 ``torch.ops.resnet_fast.<prim>`` on CPU tensors is compared with
 ``resnet_fast.ops.primitives.<prim>`` (plain torch on the same tensors) for odd and ResNet
 shapes, both memory formats, the four dtypes and every valid combination of the optional
-arguments; plus bn_stats accuracy at a large mean, determinism, the generic and AVX2
+arguments; plus bn_stats accuracy at a large mean, determinism, the generic, AVX2 and AVX-512
 builds agreeing, opcheck, and errors that name the argument.
 
 Tolerances, and why:
@@ -313,29 +313,48 @@ def test_results_do_not_depend_on_thread_count(fmt):
         torch.set_num_threads(threads)
 
 
-_BUILD_SCRIPT = """
-import sys, torch
-sys.path.insert(0, sys.argv[1])
-import test_cpu_primitives as t
-torch.save({(s, str(f)): t.all_outputs(s, f) for s in t.DETERMINISM_SHAPES for f in t.FORMATS}, sys.argv[2])
-"""
+# Every build against the generic one: the determinism shapes, wide NHWC rows with a vector tail
+# (16 lanes leave 6 of 1030 channels: the AVX-512 build's masked tail), all four dtypes.
+BUILD_CASES = ([(shape, fmt, torch.float32) for shape in DETERMINISM_SHAPES for fmt in FORMATS]
+               + [((2, 1030, 3, 5), torch.channels_last, torch.float32)]
+               + [((2, 130, 5, 7), fmt, dtype) for fmt in FORMATS for dtype in DTYPES])
+# The kernel builds this CPU runs (csrc/cpu/common.cpp: up to torch's own capability); the
+# AVX2 / AVX-512 builds exist on x86-64 only.
+_LADDER = {"DEFAULT": ["generic"], "AVX2": ["generic", "avx2"], "AVX512": ["generic", "avx2", "avx512"]}
+USABLE_KERNELS = _LADDER.get(torch.backends.cpu.get_cpu_capability(), ["generic"]) if EXACT else ["generic"]
 
 
-@pytest.mark.skipif(not EXACT or torch.backends.cpu.get_cpu_capability() not in ("AVX2", "AVX512"),
-                    reason="the AVX2 build runs on x86-64 CPUs with AVX2 only")
-def test_generic_and_avx2_builds_agree(tmp_path):
-    """kernels_generic.cpp (ATEN_CPU_CAPABILITY=default, in a subprocess) and kernels_avx2.cpp
-    (here) use 8 float lanes alike, no FMA and the same summation order: equal bit for bit."""
-    out = tmp_path / "generic.pt"
+def test_kernel_builds_agree():
+    """kernels_generic.cpp, kernels_avx2.cpp and, where the CPU has it, kernels_avx512.cpp give
+    the same results bit for bit (no FMA, the same summation order: NHWC lanes are channels, and
+    the AVX-512 build hands NCHW to the AVX2 one), so switching builds changes only the speed."""
+    default = OPS.cpu_kernels()
+    assert default == USABLE_KERNELS[-1]
+    try:
+        OPS.cpu_use_kernels("generic")
+        expected = {case: all_outputs(*case) for case in BUILD_CASES}
+        for isa in USABLE_KERNELS[1:]:
+            OPS.cpu_use_kernels(isa)
+            assert OPS.cpu_kernels() == isa
+            for case, tensors in expected.items():
+                assert all(torch.equal(a, b) for a, b in zip(tensors, all_outputs(*case))), (isa, case)
+    finally:
+        OPS.cpu_use_kernels(default)
+    with pytest.raises(RuntimeError, match=f"no 'sse9' kernels on this CPU; usable here: {', '.join(USABLE_KERNELS)}"):
+        OPS.cpu_use_kernels("sse9")
+    assert OPS.cpu_kernels() == default
+
+
+def test_kernels_follow_aten_cpu_capability():
+    """Without a choice, the build of torch's own capability: ATEN_CPU_CAPABILITY=default gives
+    the generic one (in a subprocess: the choice is made once per process)."""
     env = dict(os.environ, ATEN_CPU_CAPABILITY="default")
     package_parent = os.path.dirname(os.path.dirname(os.path.abspath(resnet_fast.__file__)))  # the same build
     env["PYTHONPATH"] = os.pathsep.join([package_parent, env.get("PYTHONPATH", "")])
-    subprocess.run([sys.executable, "-c", _BUILD_SCRIPT, os.path.dirname(os.path.abspath(__file__)), str(out)],
-                   env=env, check=True, timeout=300)
-    generic = torch.load(out)
-    for (shape, fmt), tensors in generic.items():
-        here = all_outputs(shape, torch.channels_last if "channels_last" in fmt else torch.contiguous_format)
-        assert all(torch.equal(a, b) for a, b in zip(tensors, here)), (shape, fmt)
+    script = "import resnet_fast, torch; print(torch.ops.resnet_fast.cpu_kernels())"
+    out = subprocess.run([sys.executable, "-c", script], env=env, check=True, timeout=300, capture_output=True,
+                         text=True)
+    assert out.stdout.strip().splitlines()[-1] == "generic"
 
 
 # ----------------------------------------------------------------------------- edge cases and errors

@@ -10,9 +10,10 @@
 // layouts are the same bytes, and the NHWC loops (vectorized over C) are used.
 //
 // Files. Each primitive has an op file (<op>.cpp: checks, outputs, registration) and a kernel
-// header (<op>_kernel.h: the vector loops). The kernel headers are compiled twice, by
-// kernels_generic.cpp (the build's baseline ISA) and kernels_avx2.cpp (x86-64 AVX2), and
-// kernels() picks the set torch itself would use on this CPU (ATEN_CPU_CAPABILITY included).
+// header (<op>_kernel.h: the vector loops). The kernel headers are compiled three times, by
+// kernels_generic.cpp (the build's baseline ISA), kernels_avx2.cpp (x86-64 AVX2) and
+// kernels_avx512.cpp (AVX-512), and kernels() picks the set torch itself would use on this CPU
+// (ATEN_CPU_CAPABILITY included). All three give the same results bit for bit.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -123,8 +124,10 @@ struct Kernels {
 
 extern const Kernels kGenericKernels;  // kernels_generic.cpp
 extern const Kernels* const kAvx2Kernels;  // kernels_avx2.cpp; nullptr where not built (non-x86)
+extern const Kernels* const kAvx512Kernels;  // kernels_avx512.cpp; likewise
 
-// The set for this CPU: AVX2 where torch's own capability is AVX2 or AVX512, else generic.
+// The set in use: the one of torch's own capability (AVX512, AVX2), else generic, unless
+// torch.ops.resnet_fast.cpu_use_kernels chose another.
 const Kernels& kernels();
 
 // Batch statistics of a non-empty y (bn_stats.cpp): per-channel mean and biased variance (C,),

@@ -1,5 +1,6 @@
 // The kernel headers compiled for x86-64 AVX2 (+F16C), picked at run time by kernels() where
-// torch's own CPU capability is AVX2 or AVX512.
+// torch's own CPU capability is AVX2, and for NCHW activations where it is AVX512
+// (kernels_avx512.cpp).
 //
 // Why a pragma and not a compiler flag: setuptools compiles every source with the same flags,
 // and the extension must still load and run on CPUs without AVX2. So, as ATen does for its own
