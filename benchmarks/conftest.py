@@ -67,7 +67,7 @@ def pytest_report_header(config):
     s = bench_config.settings()
     env = bench_config.environment()
     lines = [f"resnet_fast benchmarks: device={env['device_name']} torch={env['torch']} dtype={env['dtype']} "
-             f"smoke={s.smoke}",
+             f"cpu_kernels={env['cpu_kernels']} smoke={s.smoke}",
              f"  contenders: ops={s.op_contenders()}  models(resnet50 infer)={s.model_contenders('resnet50', 'infer')}"]
     lines += [f"  backend {name} not used: {why}" for name, why in s.backend_why_not.items()
               if not why.startswith("not a ")]

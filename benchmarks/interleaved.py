@@ -122,7 +122,8 @@ def _header(result: dict, what: str, size: str, rounds: str) -> list[str]:
     variables = ", ".join(f"{k}={v}" for k, v in result["variables"].items()) or "(none set)"
     return [f"# {what}, interleaved: {size}, {env['device_name']}, {env['threads']} threads, {env['dtype']}", "",
             f"- command: `{result['command']}`", f"- environment: {variables}",
-            f"- torch {env['torch']}, resnet_fast {env['resnet_fast']}",
+            f"- torch {env['torch']}, resnet_fast {env['resnet_fast']}"
+            + (f", C++ CPU kernels {env['cpu_kernels']}" if env.get("cpu_kernels") else ""),
             f"- {result['rounds']} rounds after {result['warmup']} warm-up rounds; {rounds}", ""]
 
 

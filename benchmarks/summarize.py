@@ -223,7 +223,8 @@ def markdown(data: dict, rows: list[dict], interleaved: list[dict] = ()) -> str:
         ("sizes", f"ops batch {meta.get('op_batch')}, models batch {meta.get('model_batch')} at "
                   f"{meta.get('image')}x{meta.get('image')}"
                   + (" (SMOKE: the times mean nothing)" if meta.get("smoke") else "")),
-        ("resnet_fast backends", ", ".join(meta.get("backends", [])) or "none"),
+        ("resnet_fast backends", (", ".join(meta.get("backends", [])) or "none")
+         + (f" (C++ CPU kernels: {meta['cpu_kernels']})" if meta.get("cpu_kernels") else "")),
         ("commit", f"{commit.get('id', '?')[:12]}{' (dirty)' if commit.get('dirty') else ''} "
                    f"on {commit.get('branch', '?')}"),
     ]
