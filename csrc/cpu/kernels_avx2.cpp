@@ -6,8 +6,8 @@
 // and the extension must still load and run on CPUs without AVX2. So, as ATen does for its own
 // kernels, this file compiles ATen's AVX2 Vectorized (namespace at::vec::AVX2) next to the
 // generic build (kernels_generic.cpp), in its own namespace resnet_fast::cpu::avx2:
-//   1. every non-vector header is included first, under the baseline ISA, so inline functions
-//      that other files share (c10, std) are compiled for any x86-64;
+//   1. every non-vector header is included first (isa_baseline_headers.h), under the baseline
+//      ISA, so inline functions that other files share (c10, std) are compiled for any x86-64;
 //   2. `#pragma GCC target("avx2,f16c")` then applies to the vector headers and our kernels;
 //      GCC does not define __AVX2__ for the pragma in C++, so it is defined here for sleef.h's
 //      declarations;
@@ -19,16 +19,7 @@
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
 
-#include <ATen/AccumulateType.h>
-#include <ATen/NumericUtils.h>
-#include <ATen/native/Math.h>
-#include <ATen/native/cpu/zmath.h>
-#include <ATen/native/quantized/AffineQuantizerBase.h>
-#include <c10/util/BFloat16-math.h>
-#include <c10/util/MathConstants.h>
-#include <c10/util/complex.h>
-#include <c10/util/copysign.h>
-#include <x86intrin.h>
+#include "isa_baseline_headers.h"
 
 #pragma GCC push_options
 #pragma GCC target("avx2,f16c")

@@ -19,16 +19,7 @@
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
 
-#include <ATen/AccumulateType.h>
-#include <ATen/NumericUtils.h>
-#include <ATen/native/Math.h>
-#include <ATen/native/cpu/zmath.h>
-#include <ATen/native/quantized/AffineQuantizerBase.h>
-#include <c10/util/BFloat16-math.h>
-#include <c10/util/MathConstants.h>
-#include <c10/util/complex.h>
-#include <c10/util/copysign.h>
-#include <x86intrin.h>
+#include "isa_baseline_headers.h"
 
 #pragma GCC push_options
 #pragma GCC target("avx2,f16c,fma,avx512f,avx512bw,avx512vl,avx512dq")
