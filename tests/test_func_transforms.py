@@ -1,10 +1,12 @@
-"""torch.func transforms through the fused ops: grad, jacrev, vmap, jvp, jacfwd, hessian.
+"""torch.func transforms through the fused ops: grad, jacrev, vmap, jvp, jacfwd, hessian, jvp of jvp.
 
 Under a transform the ops run as a setup_context-style autograd.Function with a generated
 vmap rule (torch's own custom-op autograd is refused by torch.func); their backward is then
 differentiated by the transform, so it takes the create_graph path. Forward-mode AD (jvp,
-jacfwd, hessian = jacfwd of jacrev) runs the op's forward on the reference backend, plain
-torch. Everything in float64 against the same transform of the eager reference.
+jacfwd, hessian = jacfwd of jacrev, jvp of jvp) runs the op's forward on the reference
+backend, plain torch. Everything in float64 against the same transform of the eager
+reference, except jvp of jvp, whose outer derivative the eager side takes by differences
+(jvp_of_jvp_by_differences: torch's own is wrong for F.batch_norm in training).
 """
 from __future__ import annotations
 
@@ -53,8 +55,30 @@ def _transforms():
     def hessian_weight(module, fn, training, tensors):  # jacfwd of jacrev
         return torch.func.hessian(_loss_of_second(module, fn, training, tensors))(tensors[1])
 
+    def jvp_of_jvp(module, fn, training, tensors):  # forward over forward: d2 out / d w2 along t1, t2
+        first, t2 = _directional_derivative(module, fn, training, tensors)
+        return torch.func.jvp(first, (tensors[1],), (t2,))
+
     return {"grad": grad_all, "jacrev": jacrev_weight, "vmap": vmap_batch, "grad_of_grad": grad_of_grad,
-            "jvp": jvp_all, "jacfwd": jacfwd_weight, "hessian": hessian_weight}
+            "jvp": jvp_all, "jacfwd": jacfwd_weight, "hessian": hessian_weight, "jvp_of_jvp": jvp_of_jvp}
+
+
+def _directional_derivative(module, fn, training, tensors):
+    """(w -> d out / d w along t1 by jvp, with w the second input; a second direction t2)."""
+    def out(w):
+        return fn(module, tensors[0], w, *tensors[2:], training=training)
+    t1, t2 = (torch.randn(tensors[1].shape, generator=torch.Generator().manual_seed(seed), dtype=tensors[1].dtype)
+              for seed in (1, 2))
+    return (lambda w: torch.func.jvp(out, (w,), (t1,))[1]), t2
+
+
+def jvp_of_jvp_by_differences(module, fn, training, tensors, h=1e-5):
+    """jvp_of_jvp with the outer derivative by central differences of the (first-order) jvp:
+    the eager side for that transform, since F.batch_norm's own second-order forward derivative
+    in training is wrong (pytorch/pytorch#196699). Differences err by ~h^2 * |d3| + eps / h."""
+    first, t2 = _directional_derivative(module, fn, training, tensors)
+    w = tensors[1]
+    return first(w), (first(w + h * t2) - first(w - h * t2)) / (2 * h)
 
 
 def _loss_of_second(module, fn, training, tensors):
@@ -78,6 +102,11 @@ def test_transform_matches_eager(op_backend, case, transform, training):
                 TRANSFORMS[transform](module, fn, training, tensors)
         return
     fused = TRANSFORMS[transform](ops, fn, training, tensors)
+    if transform == "jvp_of_jvp":  # float64 differences with h = 1e-5: errors ~1e-10 at |d2| ~ 1
+        eager = jvp_of_jvp_by_differences(reference, fn, training, tensors)
+        torch.testing.assert_close(fused[0], eager[0], rtol=1e-9, atol=1e-10)
+        torch.testing.assert_close(fused[1], eager[1], rtol=1e-6, atol=1e-7)
+        return
     eager = TRANSFORMS[transform](reference, fn, training, tensors)
     fused, eager = (fused, eager) if isinstance(fused, tuple) else ((fused,), (eager,))
     for a, b in zip(fused, eager):
