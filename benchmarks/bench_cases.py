@@ -82,7 +82,7 @@ def make_op_case(op: str, stage: tuple, batch: int, device: str, dtype: torch.dt
 
     def act(s):
         t = torch.randn(*s, generator=g, device=device, dtype=dtype)
-        return t.contiguous(memory_format=torch.channels_last).requires_grad_()
+        return t.contiguous(memory_format=config.settings().memory_format).requires_grad_()
 
     weight, bias, running_mean, running_var, nbt = _bn_tensors(channels, device, g)
     buffers = [running_mean, running_var, nbt]
@@ -90,7 +90,7 @@ def make_op_case(op: str, stage: tuple, batch: int, device: str, dtype: torch.dt
     if op in CONV_OPS:
         x = act(conv_in)
         conv_w = randn(channels, conv_in[1], 3, 3, scale=math.sqrt(2.0 / (conv_in[1] * 9)))
-        conv_w = conv_w.contiguous(memory_format=torch.channels_last).requires_grad_()
+        conv_w = conv_w.contiguous(memory_format=config.settings().memory_format).requires_grad_()
         bn = (weight, bias, running_mean, running_var)
         args = (x, conv_w, *bn) if op == "conv_bn_relu" else (x, *bn, conv_w)
         return OpCase(op, shape, args, dict(stride=1, padding=1, **bn_kwargs), [x], [conv_w, weight, bias], buffers)
@@ -138,7 +138,7 @@ def op_step(fn: Callable, case: OpCase, mode: str) -> Callable[[], list]:
 def grad_out_for(out: Tensor) -> Tensor:
     g = torch.Generator(device=out.device).manual_seed(1)
     grad = torch.randn(out.shape, generator=g, device=out.device, dtype=out.dtype)
-    return grad.contiguous(memory_format=torch.channels_last)
+    return grad.contiguous(memory_format=config.settings().memory_format)
 
 
 # ----------------------------------------------------------------------------- bytes and flops
@@ -230,7 +230,7 @@ def contender_model(name: str, eager: torch.nn.Module, contender: str,
                     device: str) -> tuple[Optional[torch.nn.Module], str]:
     """(model, "") for a model-level contender, or (None, why not). eager: ``eager`` itself;
     compile / compile_max: torch.compile of it; rf_<backend>[_cached|_low_memory]:
-    resnet_fast's model with ``eager``'s weights (strict), channels_last on ``device``,
+    resnet_fast's model with ``eager``'s weights (strict), in the run's memory format on ``device``,
     ``set_low_memory()`` for the _low_memory ones. The caller selects the backend."""
     if contender == "eager":
         return eager, ""
@@ -242,4 +242,4 @@ def contender_model(name: str, eager: torch.nn.Module, contender: str,
     model.load_state_dict(eager.state_dict(), strict=True)
     if contender.endswith(config.LOW_MEMORY_SUFFIX):
         model.set_low_memory()
-    return model.to(device, memory_format=torch.channels_last), ""
+    return model.to(device, memory_format=config.settings().memory_format), ""

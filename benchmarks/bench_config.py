@@ -8,6 +8,8 @@ option ``--smoke`` (conftest.py) sets ``RESNET_FAST_BENCH_SMOKE=1``.
                                     Also on under --benchmark-disable unless RESNET_FAST_BENCH_SMOKE=0.
   RESNET_FAST_BENCH_DEVICE          cpu | cuda (default: cuda when available)
   RESNET_FAST_BENCH_THREADS         CPU threads (default 2)
+  RESNET_FAST_BENCH_MEMORY_FORMAT   channels_last | contiguous: activations, weights and models
+                                    (default channels_last)
   RESNET_FAST_BENCH_MODELS          comma list (default: all five)
   RESNET_FAST_BENCH_BACKENDS        comma list of resnet_fast backends to try (default: every usable one)
   RESNET_FAST_BENCH_COMPILE         0 | 1: torch.compile contenders (default 1, 0 in smoke mode)
@@ -46,6 +48,7 @@ BACKEND_ORDER = ("cuda", "triton", "cpu", "reference")
 STAGES = ((64, 56), (128, 28), (256, 14), (512, 7))
 SMOKE_STAGES = ((8, 8),)
 EXPANSION = 4
+MEMORY_FORMATS = {"channels_last": torch.channels_last, "contiguous": torch.contiguous_format}
 
 
 def _env(name: str, default: str = "") -> str:
@@ -79,6 +82,7 @@ class Settings:
     model_rounds: int
     model_warmup: int
     stages: tuple
+    layout: str                       # "channels_last" | "contiguous"
     models: tuple
     backends: tuple                   # usable resnet_fast backends on this device, fastest first
     backend_why_not: dict             # the others: name -> why not
@@ -89,6 +93,10 @@ class Settings:
     @property
     def cuda(self) -> bool:
         return self.device == "cuda"
+
+    @property
+    def memory_format(self) -> torch.memory_format:
+        return MEMORY_FORMATS[self.layout]
 
     @property
     def act_dtype(self) -> torch.dtype:
@@ -134,6 +142,9 @@ def settings() -> Settings:
     if device == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("RESNET_FAST_BENCH_DEVICE=cuda but no CUDA device is visible")
     cuda = device == "cuda"
+    layout = _env("MEMORY_FORMAT", "channels_last")
+    if layout not in MEMORY_FORMATS:
+        raise ValueError(f"RESNET_FAST_BENCH_MEMORY_FORMAT={layout!r}: expected one of {', '.join(MEMORY_FORMATS)}")
     compile_on = _env("COMPILE", "0" if smoke else "1") not in ("", "0")
     backends, why_not = _usable_backends(device)
     if smoke:
@@ -154,6 +165,7 @@ def settings() -> Settings:
         device=device,
         threads=_env_int("THREADS", 2),
         stages=SMOKE_STAGES if smoke else STAGES,
+        layout=layout,
         models=_env_list("MODELS", MODELS),
         backends=backends,
         backend_why_not=why_not,
@@ -184,7 +196,8 @@ def environment() -> dict:
         "resnet_fast": getattr(resnet_fast, "__version__", "?"),
         "cpu_kernels": _extension.cpu_kernels(),
         "dtype": "bf16 autocast" if s.cuda else "fp32",
-        "channels_last": True,
+        "channels_last": s.layout == "channels_last",
+        "memory_format": s.layout,
         "threads": torch.get_num_threads(),
         "smoke": s.smoke,
     }

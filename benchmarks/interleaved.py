@@ -45,13 +45,13 @@ def measure(name: str, mode: str, contenders: list[str], rounds: int, warmup: in
     torch.set_num_threads(settings.threads)
     g = torch.Generator(device=settings.device).manual_seed(0)
     x = torch.randn(settings.model_batch, 3, settings.image, settings.image, generator=g,
-                    device=settings.device).contiguous(memory_format=torch.channels_last)
+                    device=settings.device).contiguous(memory_format=settings.memory_format)
     labels = torch.randint(0, 1000, (settings.model_batch,), generator=g, device=settings.device)
-    eager = cases.build_eager_model(name).to(settings.device, memory_format=torch.channels_last)
+    eager = cases.build_eager_model(name).to(settings.device, memory_format=settings.memory_format)
     steps, saved = {}, {}
     for contender in contenders:  # every copy of the eager model has the same seeded weights
         source = eager if contender == "eager" else cases.build_eager_model(name).to(
-            settings.device, memory_format=torch.channels_last)
+            settings.device, memory_format=settings.memory_format)
         model, why = cases.contender_model(name, source, contender, settings.device)
         if model is None:
             raise SystemExit(f"interleaved: {contender}: {why}")
@@ -120,7 +120,8 @@ def _header(result: dict, what: str, size: str, rounds: str) -> list[str]:
     """Title, command, environment, versions, and ``rounds``: how a round ran."""
     env = result["environment"]
     variables = ", ".join(f"{k}={v}" for k, v in result["variables"].items()) or "(none set)"
-    return [f"# {what}, interleaved: {size}, {env['device_name']}, {env['threads']} threads, {env['dtype']}", "",
+    return [f"# {what}, interleaved: {size}, {env['device_name']}, {env['threads']} threads, {env['dtype']}, "
+            f"{env.get('memory_format', 'channels_last')}", "",
             f"- command: `{result['command']}`", f"- environment: {variables}",
             f"- torch {env['torch']}, resnet_fast {env['resnet_fast']}"
             + (f", C++ CPU kernels {env['cpu_kernels']}" if env.get("cpu_kernels") else ""),

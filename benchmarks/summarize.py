@@ -219,7 +219,7 @@ def markdown(data: dict, rows: list[dict], interleaved: list[dict] = ()) -> str:
         ("device", meta.get("device_name", "?")),
         ("versions", f"torch {meta.get('torch', '?')}, CUDA {meta.get('cuda')}, resnet_fast "
                      f"{meta.get('resnet_fast', '?')}, Python {machine.get('python_version', '?')}"),
-        ("precision", f"{dtype}, channels_last, {meta.get('threads')} CPU threads"),
+        ("precision", f"{dtype}, {meta.get('memory_format', 'channels_last')}, {meta.get('threads')} CPU threads"),
         ("sizes", f"ops batch {meta.get('op_batch')}, models batch {meta.get('model_batch')} at "
                   f"{meta.get('image')}x{meta.get('image')}"
                   + (" (SMOKE: the times mean nothing)" if meta.get("smoke") else "")),

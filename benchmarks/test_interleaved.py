@@ -1,7 +1,11 @@
 """The interleaved timer (interleaved.py) runs and writes what it says, at smoke sizes."""
 from __future__ import annotations
 
+import functools
 import json
+
+import pytest
+import torch
 
 import bench_config as config
 import interleaved
@@ -33,6 +37,29 @@ def test_interleaved_ops_writes_rows(tmp_path, restore_backend):
     assert all(len(r["times_s"]) == 2 and r["median_s"] > 0 for r in result["rows"])
     assert all(r["vs_eager"] == 1.0 for r in result["rows"] if r["contender"] == "eager")
     assert (tmp_path / "interleaved-ops-fwdbwd.md").read_text().startswith("# ops fwdbwd, interleaved")
+
+
+def test_memory_format_knob(tmp_path, restore_backend, monkeypatch):
+    """RESNET_FAST_BENCH_MEMORY_FORMAT=contiguous: op inputs and the recorded environment follow
+    it; an unknown value is refused by name."""
+    import bench_cases as cases
+
+    monkeypatch.setattr(config, "settings", functools.lru_cache(maxsize=None)(config.settings.__wrapped__))
+    monkeypatch.setenv("RESNET_FAST_BENCH_MEMORY_FORMAT", "contiguous")
+    settings = config.settings()
+    assert settings.memory_format == torch.contiguous_format
+    case = cases.make_op_case("bn_relu", settings.stages[0], settings.op_batch, settings.device, settings.act_dtype)
+    y = case.activations[0]
+    assert y.is_contiguous() and not y.is_contiguous(memory_format=torch.channels_last)
+    backend = settings.backends[0]
+    assert interleaved.main(["--ops", "bn_relu", "--contenders", f"rf_{backend}", "--rounds", "1",
+                             "--warmup", "0", "--out", str(tmp_path)]) == 0
+    assert json.loads((tmp_path / "interleaved-ops-fwdbwd.json").read_text())["environment"]["memory_format"] == \
+        "contiguous"
+    config.settings.cache_clear()
+    monkeypatch.setenv("RESNET_FAST_BENCH_MEMORY_FORMAT", "nhwc")
+    with pytest.raises(ValueError, match="RESNET_FAST_BENCH_MEMORY_FORMAT='nhwc'"):
+        config.settings()
 
 
 def test_summary_goals_from_interleaved_runs():

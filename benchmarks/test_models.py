@@ -8,7 +8,8 @@ Rows: model x mode x contender.
              rf_<backend>_cached (infer only: the same inside resnet_fast.inference_cache(),
              open across the timed rounds), rf_<backend>_low_memory (train, resnet50 and
              resnext50_32x4d: with ResNet.set_low_memory())
-channels_last; fp32 on CPU, bf16 autocast on GPU. Before timing, each contender's logits
+channels_last (contiguous with RESNET_FAST_BENCH_MEMORY_FORMAT=contiguous); fp32 on CPU, bf16
+autocast on GPU. Before timing, each contender's logits
 (and, in train, every parameter's gradient) are compared with the eager model's on the
 same batch and weights and the error is recorded; in smoke mode both are also compared with
 an fp64 run of the eager model, and the contender may not be much worse than eager
@@ -31,7 +32,7 @@ import bench_harness as harness
 import memory
 
 S = config.settings()
-CL = torch.channels_last
+CL = S.memory_format  # channels_last unless RESNET_FAST_BENCH_MEMORY_FORMAT says otherwise
 
 MODEL_PARAMS = [pytest.param(name, mode, contender, id=f"{name}-{mode}-{contender}")
                 for name in S.models for mode in config.MODEL_MODES for contender in S.model_contenders(name, mode)]

@@ -84,7 +84,7 @@ def test_copy(benchmark, stage):
     """Device copy of one wide activation (y.copy_(x)): the bytes-moved ceiling for the ops."""
     shape, _ = cases.op_shapes("bn_relu", stage, S.op_batch)
     benchmark.group = f"copy {'x'.join(map(str, shape))}"
-    x = torch.randn(shape, device=S.device, dtype=S.act_dtype).contiguous(memory_format=torch.channels_last)
+    x = torch.randn(shape, device=S.device, dtype=S.act_dtype).contiguous(memory_format=S.memory_format)
     y = torch.empty_like(x)
     step = lambda: y.copy_(x)  # noqa: E731
     elem = torch.finfo(S.act_dtype).bits // 8
