@@ -320,20 +320,21 @@ def channel_slice(t, c):
     return t[c:c + 1] if t.dim() == 1 else t[:, c:c + 1].contiguous()
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
 @pytest.mark.parametrize("hw", [(7, 7), (16, 32), (17, 31)])
-def test_grouped_planes_match_single_planes(hw):
+def test_grouped_planes_match_single_planes(hw, dtype):
     """NCHW reductions over planes of <= 512 values run 8 planes at a time (vec.h
     run_plane_groups; 527 values: one by one), the leftovers one by one. Each plane must get,
     bit for bit, what it gets computed alone, wherever the groups begin (so on any thread count)."""
     shape = (1, 11, *hw)  # 11 planes: a group and leftovers
-    grad_out, pre, center, res_center = backward_args(shape, torch.float32, torch.contiguous_format, "affine", seed=3)
+    grad_out, pre, center, res_center = backward_args(shape, dtype, torch.contiguous_format, "affine", seed=3)
     stats = OPS.bn_stats(pre[0])
     sums = OPS.scale_shift_act_backward_reduce(grad_out, *pre, True, center, res_center)
     for c in range(shape[1]):
         alone = [channel_slice(t, c) for t in (grad_out, *pre, center, res_center)]
         want = OPS.bn_stats(alone[1]) + OPS.scale_shift_act_backward_reduce(*alone[:7], True, *alone[7:])
         for got, expected in zip(stats + sums, want):
-            assert torch.equal(channel_slice(got, c).reshape(-1), expected.reshape(-1)), (hw, c)
+            assert torch.equal(channel_slice(got, c).reshape(-1), expected.reshape(-1)), (hw, dtype, c)
 
 
 # Every build against the generic one: the determinism shapes, wide NHWC rows with a vector tail
