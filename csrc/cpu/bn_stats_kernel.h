@@ -10,7 +10,7 @@
 // moments with Chan's formula, in double, in order. NHWC: see block_moments.
 //
 // Loop shapes. NCHW: tasks are runs of (n, c) planes, vectorized along HW, a plane's chunks
-// in order (planes of <= 512 values eight at a time: run_plane_groups, plane_group_moments).
+// in order (planes of <= 512 values eight at a time: run_plane_groups).
 // NHWC: fixed blocks of >= 64 rows run in parallel, vectorized along C, with one
 // shift per channel for the whole block (its first rows' mean) in place of the chunks
 // (block_moments); a sample's blocks are merged in order afterwards.
@@ -23,7 +23,6 @@
 namespace resnet_fast::cpu::RESNET_FAST_ISA {
 
 constexpr int64_t kChunkElems = 4096;
-static_assert(kGroupElems <= kChunkElems, "a grouped plane is one chunk");
 
 // Merges the moments (nb, mean_b, m2_b) into (na, mean_a, m2_a) (Chan et al.); the caller
 // advances na (all channels of an NHWC block share it).
@@ -39,27 +38,38 @@ inline void merge_chunk(double count, double& mean, double& m2, double len, doub
   chan_merge(count, mean, m2, len, shift + s1 / len, std::max(0.0, s2 - s1 * s1 / len));
 }
 
-// (mean, M2) of one NCHW plane of hw contiguous values.
-template <typename scalar_t>
-std::pair<double, double> plane_moments(const scalar_t* x, int64_t hw) {
+// (mean, M2) of G NCHW planes of hw contiguous values each, from x on, into mean[0..G),
+// m2[0..G): chunk by chunk, each step of a chunk for the G planes together (run_plane_groups
+// passes G = 8 for small planes, whose dependency chains then overlap, else G = 1); every
+// plane gets the same operations whatever G.
+template <int G, typename scalar_t>
+void plane_moments(const scalar_t* x, int64_t hw, double* mean, double* m2) {
   using Vec = AccVec<scalar_t>;
-  double count = 0, mean = 0, m2 = 0;
+  std::fill(mean, mean + G, 0.0);
+  std::fill(m2, m2 + G, 0.0);
+  double count = 0;
   for (int64_t i0 = 0; i0 < hw; i0 += kChunkElems) {
     const int64_t len = std::min(kChunkElems, hw - i0);
-    const scalar_t* chunk = x + i0;
-    Vec sum[1] = {Vec(0)};
-    accumulate(len, [&](int64_t i, int64_t n, Vec(&out)[1]) { out[0] = load(chunk + i, n); }, sum);
-    const acc_t<scalar_t> shift = static_cast<acc_t<scalar_t>>(hsum(sum[0]) / len);
-    const Vec shift_v(shift);
-    Vec d[2] = {Vec(0), Vec(0)};  // sum(x - shift), sum((x - shift)^2); pass 2 reads from L1
-    accumulate(len, [&](int64_t i, int64_t n, Vec(&out)[2]) {
-      out[0] = load(chunk + i, n) - shift_v;
-      out[1] = out[0] * out[0];
-    }, d);
-    merge_chunk(count, mean, m2, len, shift, hsum(d[0]), hsum(d[1]));
+    Vec sum[G][1], d[G][2];  // d: sum(x - shift), sum((x - shift)^2); pass 2 reads from L1
+    acc_t<scalar_t> shift[G];
+    for (int j = 0; j < G; ++j) {
+      const scalar_t* chunk = x + j * hw + i0;
+      sum[j][0] = Vec(0);
+      accumulate(len, [&](int64_t i, int64_t n, Vec(&out)[1]) { out[0] = load(chunk + i, n); }, sum[j]);
+    }
+    for (int j = 0; j < G; ++j) shift[j] = static_cast<acc_t<scalar_t>>(hsum(sum[j][0]) / len);
+    for (int j = 0; j < G; ++j) {
+      const scalar_t* chunk = x + j * hw + i0;
+      const Vec shift_v(shift[j]);
+      d[j][0] = d[j][1] = Vec(0);
+      accumulate(len, [&](int64_t i, int64_t n, Vec(&out)[2]) {
+        out[0] = load(chunk + i, n) - shift_v;
+        out[1] = out[0] * out[0];
+      }, d[j]);
+    }
+    for (int j = 0; j < G; ++j) merge_chunk(count, mean[j], m2[j], len, shift[j], hsum(d[j][0]), hsum(d[j][1]));
     count += len;
   }
-  return {mean, m2};
 }
 
 // NHWC: moments of rows [r0, r1) (C channels each) into mean[C], m2[C].
@@ -109,41 +119,13 @@ void block_moments(const scalar_t* y, int64_t C, int64_t r0, int64_t r1, double*
   }
 }
 
-// plane_moments of G planes of hw <= kChunkElems values (one chunk each), from x on, into
-// mean[0..G), m2[0..G): the same operations for each plane, each step for all G (run_plane_groups).
-template <int G, typename scalar_t>
-void plane_group_moments(const scalar_t* x, int64_t hw, double* mean, double* m2) {
-  using Vec = AccVec<scalar_t>;
-  Vec sum[G][1], d[G][2];
-  acc_t<scalar_t> shift[G];
-  for (int j = 0; j < G; ++j) {
-    const scalar_t* plane = x + j * hw;
-    sum[j][0] = Vec(0);
-    accumulate(hw, [&](int64_t i, int64_t n, Vec(&out)[1]) { out[0] = load(plane + i, n); }, sum[j]);
-  }
-  for (int j = 0; j < G; ++j) shift[j] = static_cast<acc_t<scalar_t>>(hsum(sum[j][0]) / hw);
-  for (int j = 0; j < G; ++j) {
-    const scalar_t* plane = x + j * hw;
-    const Vec shift_v(shift[j]);
-    d[j][0] = d[j][1] = Vec(0);
-    accumulate(hw, [&](int64_t i, int64_t n, Vec(&out)[2]) {
-      out[0] = load(plane + i, n) - shift_v;
-      out[1] = out[0] * out[0];
-    }, d[j]);
-  }
-  for (int j = 0; j < G; ++j) {
-    mean[j] = m2[j] = 0;
-    merge_chunk(0, mean[j], m2[j], hw, shift[j], hsum(d[j][0]), hsum(d[j][1]));
-  }
-}
-
 template <typename scalar_t>
 void sample_moments(const Geometry& g, const scalar_t* y, double* mean_nc, double* m2_nc) {
   if (!g.channels_last) {
     at::parallel_for(0, g.N * g.C, std::max<int64_t>(1, kGrainElems / g.HW), [&](int64_t begin, int64_t end) {
       run_plane_groups(begin, end, g.HW, [&](int64_t p, auto size) {
-        plane_group_moments<decltype(size)::value>(y + p * g.HW, g.HW, mean_nc + p, m2_nc + p);
-      }, [&](int64_t p) { std::tie(mean_nc[p], m2_nc[p]) = plane_moments(y + p * g.HW, g.HW); });
+        plane_moments<decltype(size)::value>(y + p * g.HW, g.HW, mean_nc + p, m2_nc + p);
+      });
     });
     return;
   }

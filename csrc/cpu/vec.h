@@ -120,25 +120,24 @@ inline void accumulate(int64_t len, const F& f, Vec (&acc)[K]) {
   for (int k = 0; k < K; ++k) acc[k] = acc[k] + odd[k];
 }
 
-// NCHW planes [begin, end) in groups of kPlaneGroup where that many planes fit in kGroupElems
-// values (16 KiB of float, L1: planes of <= 512 values, 7x7 and 14x14), else and for the
-// leftovers one by one: group(p, integral_constant<kPlaneGroup>) for planes p .. p + 7,
-// single(p). A reduction over a small plane (7x7: 49 values) moves few bytes but waits on a
-// long dependency chain (the lane-order hsum in double, divisions); a group runs each step for
-// its planes together, so their chains overlap (7x7 bn_stats 1.3x, bn_relu forward+backward
-// 1.1x faster; groups of 4 at 28x28 were no faster). group must give each plane exactly what
-// single gives it: results then do not depend on where the parallel tasks, and so the groups,
-// begin.
+// NCHW planes [begin, end) as f(p, integral_constant<G>) for planes p .. p + G - 1: G =
+// kPlaneGroup where that many planes fit in kGroupElems values (16 KiB of float, L1: planes of
+// <= 512 values, 7x7 and 14x14), else and for the leftovers G = 1. A reduction over a small
+// plane (7x7: 49 values) moves few bytes but waits on a long dependency chain (the lane-order
+// hsum in double, divisions); f runs each step for its G planes together, so their chains
+// overlap (7x7 bn_stats 1.3x, bn_relu forward+backward 1.1x faster; groups of 4 at 28x28 were
+// no faster). f must give each plane the same result whatever G: results then do not depend on
+// where the parallel tasks, and so the groups, begin.
 constexpr int64_t kGroupElems = 4096;
 constexpr int kPlaneGroup = 8;
 
-template <typename Group, typename Single>
-inline void run_plane_groups(int64_t begin, int64_t end, int64_t hw, const Group& group, const Single& single) {
+template <typename F>
+inline void run_plane_groups(int64_t begin, int64_t end, int64_t hw, const F& f) {
   int64_t p = begin;
   if (kPlaneGroup * hw <= kGroupElems) {
-    for (; p + kPlaneGroup <= end; p += kPlaneGroup) group(p, std::integral_constant<int, kPlaneGroup>{});
+    for (; p + kPlaneGroup <= end; p += kPlaneGroup) f(p, std::integral_constant<int, kPlaneGroup>{});
   }
-  for (; p < end; ++p) single(p);
+  for (; p < end; ++p) f(p, std::integral_constant<int, 1>{});
 }
 
 // ----------------------------------------------------------------------------- coefficients
@@ -284,42 +283,34 @@ void sum_over_hw(const Geometry& g, double* out, const F& f) {
   using Vec = at::vec::Vectorized<acc_t>;
   constexpr int64_t V = Vec::size();
   constexpr int64_t kSumChunk = 4096;
-  static_assert(kGroupElems <= kSumChunk, "a grouped plane is one chunk");
   const int64_t NC = g.N * g.C;
   if (!g.channels_last) {
     at::parallel_for(0, NC, std::max<int64_t>(1, kGrainElems / g.HW), [&](int64_t begin, int64_t end) {
       const F body = f;  // locals: see for_each_vector
       const int64_t C = g.C, HW = g.HW;
-      // A group's planes have one chunk each (HW <= kGroupElems <= kSumChunk): total = 0 + hsum.
-      const auto group = [&](int64_t p, auto size) {
+      // Planes p .. p + G - 1, chunk by chunk, each chunk's steps for the G planes together.
+      const auto planes = [&](int64_t p, auto size) {
         constexpr int G = decltype(size)::value;
-        Vec acc[G][K];
-        for (int j = 0; j < G; ++j) {
-          std::fill(acc[j], acc[j] + K, Vec(0));
-          const PlaneCoef<acc_t> coef{p + j, (p + j) % C};
-          const int64_t base = (p + j) * HW;
-          accumulate(HW, [&](int64_t i, int64_t count, Vec(&contrib)[K]) { body(base + i, count, coef, contrib); },
-                     acc[j]);
-        }
-        for (int j = 0; j < G; ++j) {
-          for (int k = 0; k < K; ++k) out[k * NC + p + j] = 0.0 + hsum(acc[j][k]);
-        }
-      };
-      const auto single = [&](int64_t p) {
-        const PlaneCoef<acc_t> coef{p, p % C};
-        double total[K] = {};
+        double total[G][K] = {};
         for (int64_t i0 = 0; i0 < HW; i0 += kSumChunk) {
-          Vec acc[K];
-          std::fill(acc, acc + K, Vec(0));  // (the AVX Vectorized constructor leaves lanes undefined)
-          const int64_t base = p * HW + i0;
-          accumulate(std::min(kSumChunk, HW - i0), [&](int64_t i, int64_t count, Vec(&contrib)[K]) {
-            body(base + i, count, coef, contrib);
-          }, acc);
-          for (int k = 0; k < K; ++k) total[k] += hsum(acc[k]);
+          Vec acc[G][K];
+          for (int j = 0; j < G; ++j) {
+            std::fill(acc[j], acc[j] + K, Vec(0));  // (the AVX Vectorized constructor leaves lanes undefined)
+            const PlaneCoef<acc_t> coef{p + j, (p + j) % C};
+            const int64_t base = (p + j) * HW + i0;
+            accumulate(std::min(kSumChunk, HW - i0), [&](int64_t i, int64_t count, Vec(&contrib)[K]) {
+              body(base + i, count, coef, contrib);
+            }, acc[j]);
+          }
+          for (int j = 0; j < G; ++j) {
+            for (int k = 0; k < K; ++k) total[j][k] += hsum(acc[j][k]);
+          }
         }
-        for (int k = 0; k < K; ++k) out[k * NC + p] = total[k];
+        for (int j = 0; j < G; ++j) {
+          for (int k = 0; k < K; ++k) out[k * NC + p + j] = total[j][k];
+        }
       };
-      run_plane_groups(begin, end, HW, group, single);
+      run_plane_groups(begin, end, HW, planes);
     });
     return;
   }
