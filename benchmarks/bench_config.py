@@ -196,7 +196,6 @@ def environment() -> dict:
         "resnet_fast": getattr(resnet_fast, "__version__", "?"),
         "cpu_kernels": _extension.cpu_kernels(),
         "dtype": "bf16 autocast" if s.cuda else "fp32",
-        "channels_last": s.layout == "channels_last",
         "memory_format": s.layout,
         "threads": torch.get_num_threads(),
         "smoke": s.smoke,
