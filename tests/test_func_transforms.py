@@ -31,7 +31,7 @@ def _transforms():
         return torch.func.grad(_loss(module, fn, training), argnums=tuple(range(len(tensors))))(*tensors)
 
     def jacrev_weight(module, fn, training, tensors):  # d out / d (second input): vmap over the backward
-        return torch.func.jacrev(lambda w: fn(module, tensors[0], w, *tensors[2:], training=training))(tensors[1])
+        return torch.func.jacrev(_of_second(module, fn, training, tensors))(tensors[1])
 
     def vmap_batch(module, fn, training, tensors):  # two of each 4-D input: own statistics (and conv weights)
         stacked = [torch.stack([t, 2 * t]) if t.dim() == 4 else t for t in tensors]
@@ -50,7 +50,7 @@ def _transforms():
         return torch.func.jvp(lambda *a: fn(module, *a, training=training), tuple(tensors), tangents)
 
     def jacfwd_weight(module, fn, training, tensors):
-        return torch.func.jacfwd(lambda w: fn(module, tensors[0], w, *tensors[2:], training=training))(tensors[1])
+        return torch.func.jacfwd(_of_second(module, fn, training, tensors))(tensors[1])
 
     def hessian_weight(module, fn, training, tensors):  # jacfwd of jacrev
         return torch.func.hessian(_loss_of_second(module, fn, training, tensors))(tensors[1])
@@ -65,8 +65,7 @@ def _transforms():
 
 def _directional_derivative(module, fn, training, tensors):
     """(w -> d out / d w along t1 by jvp, with w the second input; a second direction t2)."""
-    def out(w):
-        return fn(module, tensors[0], w, *tensors[2:], training=training)
+    out = _of_second(module, fn, training, tensors)
     t1, t2 = (torch.randn(tensors[1].shape, generator=torch.Generator().manual_seed(seed), dtype=tensors[1].dtype)
               for seed in (1, 2))
     return (lambda w: torch.func.jvp(out, (w,), (t1,))[1]), t2
@@ -81,8 +80,13 @@ def jvp_of_jvp_by_differences(module, fn, training, tensors, h=1e-5):
     return first(w), (first(w + h * t2) - first(w - h * t2)) / (2 * h)
 
 
+def _of_second(module, fn, training, tensors):
+    """The op's output as a function of its second input, the others fixed."""
+    return lambda w: fn(module, tensors[0], w, *tensors[2:], training=training)
+
+
 def _loss_of_second(module, fn, training, tensors):
-    return lambda w: fn(module, tensors[0], w, *tensors[2:], training=training).pow(2).sum()
+    return lambda w: _of_second(module, fn, training, tensors)(w).pow(2).sum()
 
 
 TRANSFORMS = _transforms()
