@@ -7,7 +7,7 @@ bn_relu / bn_add_relu forward+backward, fp32, contiguous, batch 8, 2 threads; th
 Each of ROUNDS rounds times both variants for >= 30 ms of calls (20 ms for bn_stats), the
 order alternating; medians over rounds (us) and the median per-round ratio without / with.
 
-    git apply ab_switch.patch   # in a scratch worktree
+    git worktree add /tmp/ab 4527466 && cd /tmp/ab && git apply $REPO/benchmarks/results/cpu-2026-12-02-nchw/ab_switch.patch
     PYTHONPATH=. python ab_grouping.py [ROUNDS] [CxH,...]
 """
 import os
