@@ -1,13 +1,26 @@
-"""The four kernel primitives every backend implements, written in plain torch.
+"""The kernel primitives every backend implements, written in plain torch.
 
-This module is the executable specification of the primitives declared in
-``csrc/ops.cpp`` (read the comments there for the contract) and the "reference"
-backend. The C++ CPU and CUDA kernels and the Triton kernels are tested against it.
+This module is the executable specification of the primitives and declares their
+schemas, once (``SCHEMAS``; ops/_registration.py defines them, the C++ and CUDA
+kernels only implement them). It is also the "reference" backend. The C++ CPU and
+CUDA kernels and the Triton kernels are tested against it.
+
+Three passes over activations and two per-channel finalize steps make a BatchNorm +
+activation layer:
+
+    forward:  bn_stats -> bn_finalize -> scale_shift_act
+    backward: scale_shift_act_backward_reduce -> bn_backward_finalize
+              -> scale_shift_act_backward_apply
+
+The finalize steps hold the whole per-channel BatchNorm algebra (invstd, the affine
+pair, the unbiased variance for running_var, d(gamma), d(beta) and the input-gradient
+coefficients), so no per-channel arithmetic runs between the kernels.
 
 Shapes: ``y``, ``residual``, ``grad_out`` are (N, C, H, W) in either memory format;
 per-(n, c) coefficients are (N, C), per-channel ones (C,), all in the accumulation
-dtype (float64 for float64 inputs, float32 otherwise). Outputs keep ``y``'s memory
-format and dtype.
+dtype (float64 for float64 inputs, float32 otherwise); a BatchNorm's weight and bias
+may be of any floating dtype and are read in the accumulation dtype. Outputs keep
+``y``'s memory format and dtype.
 """
 from __future__ import annotations
 
@@ -136,11 +149,82 @@ def scale_shift_act_backward_apply(
     return grad_y, grad_res
 
 
+def _over_samples(t: Tensor) -> Tensor:
+    """A per-channel total from (N, C) per-sample sums (summed over n) or (C,) totals."""
+    return t.sum(0) if t.dim() == 2 else t
+
+
+def _per_sample(v: Tensor, n: int) -> Tensor:
+    """(C,) ``v`` as an (n, C) contiguous table, or ``v`` itself when n == 0."""
+    return v.unsqueeze(0).expand(n, -1).contiguous() if n > 0 else v
+
+
+def bn_finalize(
+    mean: Tensor,
+    var: Tensor,
+    weight: Optional[Tensor],
+    bias: Optional[Tensor],
+    eps: float,
+    count: int,
+    n: int,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(invstd, var_update, scale, shift) of a BatchNorm normalized by ``mean`` and biased ``var``.
+
+    invstd = 1 / sqrt(var + eps), a = weight * invstd (invstd without weight),
+    c0 = bias - mean * a (-mean * a without bias): bn(y) = a * y + c0. scale = a and
+    shift = c0 as (n, C) tables when n > 0 (what scale_shift_act takes), else (C,).
+    var_update = var * count / max(count - 1, 1): the unbiased variance that updates
+    running_var, ``count`` being the values per channel (all ranks' under SyncBN).
+    """
+    invstd = 1.0 / torch.sqrt(var + eps)
+    a = invstd if weight is None else weight.to(invstd.dtype) * invstd
+    c0 = -(mean * a) if bias is None else bias.to(invstd.dtype) - mean * a
+    var_update = var * (count / max(count - 1, 1))
+    return invstd, var_update, _per_sample(a, n), _per_sample(c0, n)
+
+
+def bn_backward_finalize(
+    sum_dz: Tensor,
+    sum_dz_y: Tensor,
+    invstd: Tensor,
+    weight: Optional[Tensor],
+    count: int,
+    n: int,
+    use_batch_stats: bool,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """(grad_weight, grad_bias, k_g, k_0, k_y) of a BatchNorm from its gradient sums.
+
+    With dz the gradient at bn's output and x_hat = (y - mean) * invstd:
+    sum_dz = sum dz and sum_dz_y = sum dz * (y - mean), each either (N, C) per-sample sums
+    (summed over n here, in order) or (C,) totals. grad_bias = sum_dz,
+    grad_weight = sum_dz_y * invstd and, with a = weight * invstd (invstd without weight),
+    the input gradient dy = k_g * dz + k_0 + k_y * (y - mean) has
+
+        k_g = a,  k_0 = -a * sum_dz / count,  k_y = -a * invstd * invstd * sum_dz_y / count
+
+    in training (``use_batch_stats``; ``count`` values per channel, all ranks' under SyncBN),
+    and k_0 = k_y = 0 in eval (the statistics are constants). k_g and k_0 are (n, C) tables
+    when n > 0, else (C,); k_y is (C,).
+    """
+    total = _over_samples(sum_dz)
+    total_y = _over_samples(sum_dz_y)
+    a = invstd if weight is None else weight.to(invstd.dtype) * invstd
+    if use_batch_stats:
+        k_0 = -(a * total / count)
+        k_y = -(a * invstd * invstd * total_y / count)
+    else:
+        k_0 = torch.zeros_like(a)
+        k_y = torch.zeros_like(a)
+    return total_y * invstd, total, _per_sample(a, n), _per_sample(k_0, n), k_y
+
+
 PRIMITIVES = {
     "bn_stats": bn_stats,
     "scale_shift_act": scale_shift_act,
     "scale_shift_act_backward_reduce": scale_shift_act_backward_reduce,
     "scale_shift_act_backward_apply": scale_shift_act_backward_apply,
+    "bn_finalize": bn_finalize,
+    "bn_backward_finalize": bn_backward_finalize,
 }
 
 # The same schemas as csrc/ops.cpp, for when the compiled library is not loaded.
@@ -160,5 +244,13 @@ SCHEMAS = {
         "Tensor? res_scale, Tensor? res_shift, bool relu, Tensor k_g, Tensor k_0, Tensor k_y, "
         "Tensor center, Tensor? res_k_g, Tensor? res_k_0, Tensor? res_k_r, Tensor? res_center) "
         "-> (Tensor grad_y, Tensor grad_residual)"
+    ),
+    "bn_finalize": (
+        "(Tensor mean, Tensor var, Tensor? weight, Tensor? bias, float eps, int count, int n) "
+        "-> (Tensor invstd, Tensor var_update, Tensor scale, Tensor shift)"
+    ),
+    "bn_backward_finalize": (
+        "(Tensor sum_dz, Tensor sum_dz_y, Tensor invstd, Tensor? weight, int count, int n, bool use_batch_stats) "
+        "-> (Tensor grad_weight, Tensor grad_bias, Tensor k_g, Tensor k_0, Tensor k_y)"
     ),
 }
