@@ -1,4 +1,4 @@
-"""Which implementation of the kernel primitives runs, per device and per primitive.
+"""Which implementation of the kernel primitives runs, chosen once per device.
 
 Backends:
   "cpu"       C++ kernels (csrc/cpu), CPU tensors.
@@ -11,27 +11,28 @@ Backends:
               write (resnet_fast/backend_table.json), else "cuda", "triton", "reference"
               in that order of availability.
 
-Pick one with ``resnet_fast.set_backend(name)`` or ``RESNET_FAST_BACKEND=name``.
+Pick one with ``resnet_fast.set_backend(name)`` or ``RESNET_FAST_BACKEND=name``. The choice
+is made when the backend is set: ``primitives(device)`` builds the table of callables for a
+device once and keeps it until the next ``set_backend``, so the ops pay a dictionary lookup
+per call, not a resolution.
 """
 from __future__ import annotations
 
-import contextlib
 import functools
 import json
 import os
-import threading
-from typing import Callable
+from types import SimpleNamespace
 
 import torch
 
 from . import _extension
-from .ops import primitives
+from .ops import primitives as _reference
 
 BACKENDS = ("auto", "cpu", "cuda", "triton", "reference")
 _TABLE_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "backend_table.json")
 
 _selected = os.environ.get("RESNET_FAST_BACKEND", "auto")
-_forced = threading.local()  # .name: a backend forced for this thread by forced(), or None
+_tables: dict[tuple[str, int | None], SimpleNamespace] = {}  # (device type, index) -> primitives
 
 
 def set_backend(name: str) -> None:
@@ -40,25 +41,11 @@ def set_backend(name: str) -> None:
     if name not in BACKENDS:
         raise ValueError(f"resnet_fast.set_backend: unknown backend {name!r}; expected one of {BACKENDS}")
     _selected = name
-
-
-@contextlib.contextmanager
-def forced(name: str):
-    """Inside, on this thread only: every primitive runs on backend ``name``, whatever
-    ``set_backend`` chose (the ops use it to run in plain torch where autograd must see it)."""
-    previous = getattr(_forced, "name", None)
-    _forced.name = name
-    try:
-        yield
-    finally:
-        _forced.name = previous
+    _tables.clear()
 
 
 def get_backend() -> str:
-    """The backend chosen by ``set_backend`` (or RESNET_FAST_BACKEND); inside ``forced``, the forced one."""
-    name = getattr(_forced, "name", None)
-    if name is not None:
-        return name
+    """The backend chosen by ``set_backend`` (or RESNET_FAST_BACKEND)."""
     if _selected not in BACKENDS:
         raise ValueError(f"RESNET_FAST_BACKEND={_selected!r} is not a backend; expected one of {BACKENDS}")
     return _selected
@@ -84,8 +71,9 @@ def triton_status() -> tuple[bool, str]:
     return True, ""
 
 
+@functools.lru_cache(maxsize=None)
 def backend_status() -> dict[str, tuple[bool, str]]:
-    """Each backend: (usable on this machine, why not)."""
+    """Each backend: (usable on this machine, why not). Fixed for the process's life."""
     ext = _extension.status
     compiled = _extension.load()
     cuda_kernels = _extension.has_cuda_kernels()
@@ -113,14 +101,14 @@ def _auto_table() -> dict[str, str]:
         return {}
 
 
-def _implementation(backend: str, op: str) -> Callable:
-    if backend == "reference":
-        return primitives.PRIMITIVES[op]
-    if backend == "triton":
+def _implementation(name: str, op: str):
+    if name == "reference":
+        return _reference.PRIMITIVES[op]
+    if name == "triton":
         from .kernels import triton as triton_kernels
 
         return getattr(triton_kernels, op)
-    return getattr(torch.ops.resnet_fast, op)
+    return getattr(torch.ops.resnet_fast, op).default
 
 
 def resolve(op: str, device: torch.device) -> str:
@@ -153,6 +141,15 @@ def resolve(op: str, device: torch.device) -> str:
     return chosen
 
 
-def implementation(op: str, device: torch.device) -> Callable:
-    """The callable implementing primitive ``op`` for tensors on ``device``."""
-    return _implementation(resolve(op, device), op)
+def primitives(device: torch.device) -> SimpleNamespace:
+    """The primitives for tensors on ``device`` (attributes named as in ops/primitives.py), resolved
+    at the first call after ``set_backend`` and kept: an error for an unusable choice is raised here."""
+    key = (device.type, device.index)
+    table = _tables.get(key)
+    if table is None:
+        table = SimpleNamespace(**{op: _implementation(resolve(op, device), op) for op in _reference.PRIMITIVES})
+        _tables[key] = table
+    return table
+
+
+REFERENCE = SimpleNamespace(**_reference.PRIMITIVES)  # plain torch: what forward-mode AD differentiates

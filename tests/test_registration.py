@@ -1,6 +1,4 @@
-"""Every fused op and primitive: torch.library.opcheck, and torch.compile(fullgraph=True) tracing."""
-import itertools
-
+"""Every primitive: torch.library.opcheck; every fused op: torch.compile(fullgraph=True) tracing."""
 import pytest
 import torch
 
@@ -10,7 +8,8 @@ from resnet_fast import ops
 from resnet_fast.models import Bottleneck, ResNet
 
 FUSED_OPS = ("conv_bn_relu", "bn_relu_conv", "bn_add_relu", "squeeze_excite", "bn_relu")
-PRIMITIVES = ("bn_stats", "scale_shift_act", "scale_shift_act_backward_reduce", "scale_shift_act_backward_apply")
+PRIMITIVES = ("bn_stats", "scale_shift_act", "scale_shift_act_backward_reduce", "scale_shift_act_backward_apply",
+              "bn_finalize", "bn_backward_finalize")
 
 
 def _bn(c, dtype=torch.float32):
@@ -18,57 +17,38 @@ def _bn(c, dtype=torch.float32):
     return [s[k].to(dtype) for k in ("weight", "bias", "running_mean", "running_var")]
 
 
-def _leaf(t):
-    return t.detach().clone().requires_grad_()
+def test_fused_ops_are_functions_not_ops():
+    """One route: the fused ops are autograd Functions over the primitives, not registered ops too."""
+    for name in FUSED_OPS:
+        assert not hasattr(torch.ops.resnet_fast, name), name
+    assert not any(hasattr(torch.ops.resnet_fast, f"triton_{name}") for name in PRIMITIVES)
 
 
-def op_samples(fmt):
-    """(op name, args) samples covering train/eval, identity BN, SE, both layouts."""
-    x = torch.randn(2, 4, 6, 5).contiguous(memory_format=fmt)
-    y = torch.randn(2, 8, 6, 5).contiguous(memory_format=fmt)
-    w = torch.randn(8, 4, 3, 3)
-    w2 = torch.randn(6, 4, 3, 1)  # groups=2 over y's 8 channels
-    se = [torch.randn(2, 8, 1, 1), torch.randn(2), torch.randn(8, 2, 1, 1), torch.randn(8)]
-    samples = []
-    for use_batch_stats in (True, False):
-        bn, id_bn = _bn(8), _bn(8)
-        for residual, recompute in itertools.product((None, _leaf(y * 0.5)), (False, True)):
-            # (conv_bn_relu's output has y's shape; recompute_conv reruns the conv in backward)
-            samples.append(("conv_bn_relu", (_leaf(x), _leaf(w), _leaf(bn[0]), _leaf(bn[1]), bn[2], bn[3], residual,
-                                             [1, 1], [1, 1], [1, 1], 1, use_batch_stats, False, 1e-5, True,
-                                             recompute, "")))
-        samples.append(("bn_relu", (_leaf(y), _leaf(bn[0]), _leaf(bn[1]), bn[2], bn[3], use_batch_stats, 1e-5,
-                                    True, "")))
-        samples.append(("bn_relu_conv", (_leaf(y), _leaf(bn[0]), _leaf(bn[1]), bn[2], bn[3], _leaf(w2), [2, 1],
-                                         [1, 0], [1, 1], 2, use_batch_stats, 1e-5, "")))
-        tail = (_leaf(y), _leaf(bn[0]), _leaf(bn[1]), bn[2], bn[3], _leaf(y * 0.5), True, _leaf(id_bn[0]),
-                _leaf(id_bn[1]), id_bn[2], id_bn[3])
-        samples.append(("bn_add_relu", tail + (use_batch_stats, 1e-5, True, "")))
-        samples.append(("squeeze_excite", tail + tuple(_leaf(t) for t in se) + (use_batch_stats, 1e-5, True, "")))
-    bn = _bn(8)
-    for residual in (None, y):  # the folded inference path (no gradients)
-        samples.append(("conv_bn_relu", (x, w, bn[0], bn[1], bn[2], bn[3], residual, [1, 1], [1, 1], [1, 1], 1,
-                                         False, True, 1e-5, True, False, "")))
-    return samples
+def primitive_samples(fmt):
+    """(primitive, args) samples: both layouts, with and without the optional tensors."""
+    y = torch.randn(2, 5, 4, 3).contiguous(memory_format=fmt)
+    r = torch.randn(2, 5, 4, 3).contiguous(memory_format=fmt)
+    nc = [torch.rand(2, 5) + 0.5, torch.randn(2, 5)]
+    c = [torch.rand(5) + 0.5, torch.randn(5), torch.randn(5)]
+    var = torch.rand(5) + 0.1
+    return [
+        ("bn_stats", (y,)),
+        ("scale_shift_act", (y, *nc, r, c[0], c[1], True)),
+        ("scale_shift_act", (y, *nc, None, None, None, False)),
+        ("scale_shift_act_backward_reduce", (y, y, *nc, r, c[0], c[1], True, c[2], c[2])),
+        ("scale_shift_act_backward_apply", (y, y, *nc, r, None, None, True, *nc, c[0], c[1], c[0], c[1], c[2],
+                                            c[2])),
+        ("bn_finalize", (c[1], var, c[0], c[2], 1e-5, 24, 2)),
+        ("bn_finalize", (c[1], var, None, None, 1e-3, 24, 0)),
+        ("bn_backward_finalize", (nc[1], nc[0], c[0], c[1], 24, 2, True)),
+        ("bn_backward_finalize", (c[1], nc[0], c[0], None, 24, 0, False)),
+    ]
 
 
 @pytest.mark.parametrize("fmt", [torch.contiguous_format, torch.channels_last], ids=["contiguous", "channels_last"])
-def test_opcheck_fused_ops(op_backend, fmt):
-    for name, args in op_samples(fmt):
+def test_opcheck_primitives(op_backend, fmt):
+    for name, args in primitive_samples(fmt):
         torch.library.opcheck(getattr(torch.ops.resnet_fast, name).default, args)
-
-
-def test_opcheck_primitives(op_backend):
-    y = torch.randn(2, 5, 4, 3)
-    r = torch.randn(2, 5, 4, 3)
-    nc = [torch.rand(2, 5) + 0.5, torch.randn(2, 5)]
-    c = [torch.rand(5) + 0.5, torch.randn(5), torch.randn(5)]
-    torch.library.opcheck(torch.ops.resnet_fast.bn_stats.default, (y,))
-    torch.library.opcheck(torch.ops.resnet_fast.scale_shift_act.default, (y, *nc, r, c[0], c[1], True))
-    torch.library.opcheck(torch.ops.resnet_fast.scale_shift_act_backward_reduce.default,
-                          (y, y, *nc, r, c[0], c[1], True, c[2], c[2]))
-    torch.library.opcheck(torch.ops.resnet_fast.scale_shift_act_backward_apply.default,
-                          (y, y, *nc, r, None, None, True, *nc, c[0], c[1], c[0], c[1], c[2], c[2]))
 
 
 def _block(x, w, bn1, bn2, bn3, training):

@@ -1,4 +1,5 @@
-"""Functional API of the fused ops; each is also registered as ``torch.ops.resnet_fast.<op>``.
+"""Functional API of the fused ops: each is one torch.autograd.Function over the kernel primitives
+(``torch.ops.resnet_fast.<primitive>``, ops/primitives.py).
 
 Semantics: ../DESIGN.md section 2. The eager compositions they equal are in
 ``resnet_fast.ops.reference``.

@@ -2,11 +2,17 @@
 
     out = relu(bn(y) * gate + identity')      identity' = identity or bn_id(identity)
 
-where gate = 1 for bn_add_relu and the Squeeze-Excitation gate for squeeze_excite.
-Both ops return (out, mean, invstd, var_update, id_mean, id_invstd, id_var_update):
-the statistics used (for backward) and the unbiased batch variances (for the
-running-statistics update done after the op). Backward saves y and identity only
-(identity is the block input, which the block's first convolution saves anyway).
+where gate = 1 for bn_add_relu and the Squeeze-Excitation gate for squeeze_excite. The
+Functions take (y, BN tensors, identity, identity-BN tensors[, SE weights], config) with
+config = (identity_bn, use_batch_stats, eps, relu, group_name), and return
+
+    (out, mean, var_update, id_mean, id_var_update,            what the caller uses
+     invstd, scale, shift, id_invstd, id_scale, id_shift       what backward saves
+     [, a, sample_mean, squeeze, gate, hidden])                 (SE)
+
+with empty tensors for an identity without BN. The running statistics are updated after
+the Function (main and identity BN). Backward saves y and identity only (identity is the
+block input, which the block's first convolution saves anyway) and per-channel vectors.
 """
 from __future__ import annotations
 
@@ -14,69 +20,69 @@ from typing import Optional
 
 import torch
 
+from .. import backend
 from . import _bn, _double_backward
 from ._autocast import autocast_disabled
+from ._function import FusedFunction
 
 Tensor = torch.Tensor
 
-N_OUTPUTS = 7
+N_PUBLIC = 5  # outputs the caller reads
 
 
-def forward(y, weight, bias, running_mean, running_var, identity, identity_bn, id_weight, id_bias,
-            id_running_mean, id_running_var, use_batch_stats, eps, relu, group_name, se=None):
+def _compute(prims, y, weight, bias, running_mean, running_var, identity, id_weight, id_bias, id_running_mean,
+             id_running_var, se, config):
+    identity_bn, use_batch_stats, eps, relu, group_name = config
     params = _bn.BNParams(weight, bias, running_mean, running_var)
     id_params = _bn.BNParams(id_weight, id_bias, id_running_mean, id_running_var) if identity_bn else None
-    result = _bn.bn_act_forward(y, params, use_batch_stats, eps, relu, identity, id_params, se, group_name)
-    empty = _bn.empty_stats(y)
-    var = result.var if use_batch_stats else empty
-    if identity_bn:
-        id_stats = (result.res_norm.mean.clone(), result.res_norm.invstd,
-                    result.res_var if use_batch_stats else empty.clone())
+    r = _bn.bn_act_forward(prims, y, params, use_batch_stats, eps, relu, identity, id_params, se, group_name)
+    norm, id_norm = r.norm, r.res_norm
+    if id_norm is None:
+        id_outputs = tuple(_bn.empty_stats(y) for _ in range(5))
     else:
-        id_stats = (empty.clone(), empty.clone(), empty.clone())
-    outputs = (result.out, result.norm.mean.clone(), result.norm.invstd, var) + id_stats
-    return outputs + (result.sample_mean,) if se is not None else outputs
+        id_outputs = (id_norm.mean, id_norm.var_update, id_norm.invstd, id_norm.scale, id_norm.shift)
+    outputs = (r.out, norm.mean, norm.var_update, id_outputs[0], id_outputs[1], norm.invstd, norm.scale, norm.shift,
+               *id_outputs[2:])
+    if se is not None:
+        outputs += (r.se.a, r.se.sample_mean, r.se.squeeze, r.se.gate, r.se.hidden)
+    return outputs
 
 
-def fake(y, identity_bn, use_batch_stats):
-    stats = y.new_empty((y.shape[1],), dtype=_bn.acc_dtype(y.dtype))
-    empty = stats.new_empty((0,))
-    var = torch.empty_like(stats) if use_batch_stats else empty
-    id_stats = (torch.empty_like(stats), torch.empty_like(stats), torch.empty_like(var)) if identity_bn else (
-        empty.clone(), empty.clone(), empty.clone())
-    return (torch.empty_like(y), torch.empty_like(stats), torch.empty_like(stats), var) + id_stats
-
-
-def setup_context(ctx, y, weight, bias, identity, identity_bn, id_weight, id_bias, use_batch_stats, eps, relu,
-                  group_name, output, se_tensors=()):
-    _, mean, invstd, _, id_mean, id_invstd, _ = output[:N_OUTPUTS]
-    ctx.save_for_backward(y, weight, bias, identity, id_weight, id_bias, mean, invstd, id_mean, id_invstd,
-                          *se_tensors)
-    ctx.config = (identity_bn, use_batch_stats, relu, group_name, eps)
+def _save(ctx, inputs, output, se_tensors=()):
+    y, weight, bias, _, _, identity, id_weight, id_bias, _, _ = inputs[:10]
+    config = inputs[-1]
+    (_, mean, _, id_mean, _, invstd, scale, shift, id_invstd, id_scale, id_shift) = output[:11]
+    ctx.save_for_backward(y, weight, bias, identity, id_weight, id_bias, mean, invstd, scale, shift, id_mean,
+                          id_invstd, id_scale, id_shift, *se_tensors, *output[11:])
+    ctx.config = config
     ctx.mark_non_differentiable(*output[1:])
 
 
-def backward(ctx, grad_out, needs, se_from_saved=None):
+def _backward(ctx, grad_out, needs, se_count=0):
     """Gradients for (y, weight, bias, identity, id_weight, id_bias) and the SE parameters."""
-    y, weight, bias, identity, id_weight, id_bias, mean, invstd, id_mean, id_invstd, *se_saved = ctx.saved_tensors
-    identity_bn, use_batch_stats, relu, group_name, eps = ctx.config
-    se, sample_mean = se_from_saved(se_saved) if se_from_saved else (None, None)
+    saved = ctx.saved_tensors
+    (y, weight, bias, identity, id_weight, id_bias, mean, invstd, scale, shift, id_mean, id_invstd, id_scale,
+     id_shift) = saved[:14]
+    se_params = _bn.SEParams(*saved[14:14 + se_count]) if se_count else None
+    identity_bn, use_batch_stats, eps, relu, group_name = ctx.config
     if _double_backward.wanted():
         return _differentiable_backward(grad_out, y, weight, bias, mean, invstd, identity, identity_bn, id_weight,
-                                        id_bias, id_mean, id_invstd, se, use_batch_stats, eps, relu, group_name, needs)
-    params = _bn.BNParams(weight, bias, None, None)
-    norm = _bn.saved_normalized(mean, invstd, params, y)
+                                        id_bias, id_mean, id_invstd, se_params, use_batch_stats, eps, relu,
+                                        group_name, needs)
+    count = _bn.count_of(y)
+    norm = _bn.Normalized(mean, invstd, None, scale, shift, count)
     id_params = id_norm = None
     if identity_bn:
         id_params = _bn.BNParams(id_weight, id_bias, None, None)
-        id_norm = _bn.saved_normalized(id_mean, id_invstd, id_params, identity)
-    return _bn.bn_act_backward(grad_out, y, params, norm, use_batch_stats, relu, identity, id_params, id_norm,
-                               se, sample_mean, group_name, needs)
+        id_norm = _bn.Normalized(id_mean, id_invstd, None, id_scale, id_shift, count)
+    se_state = _bn.SEState(se_params, *saved[14 + se_count:]) if se_count else None
+    return _bn.bn_act_backward(backend.primitives(y.device), grad_out, y, _bn.BNParams(weight, bias, None, None),
+                               norm, use_batch_stats, relu, identity, id_params, id_norm, se_state, group_name, needs)
 
 
 def _differentiable_backward(grad_out, y, weight, bias, mean, invstd, identity, identity_bn, id_weight, id_bias,
                              id_mean, id_invstd, se, use_batch_stats, eps, relu, group_name, needs):
-    """backward()'s result from eager operations, for a gradient with create_graph=True."""
+    """_backward()'s result from eager operations, for a gradient with create_graph=True."""
     _double_backward.require_supported(group_name)
 
     def output(y, weight, bias, identity, id_weight, id_bias, *se_params):
@@ -95,6 +101,68 @@ def _differentiable_backward(grad_out, y, weight, bias, mean, invstd, identity, 
     return _bn.BackwardResult(*grads[:6], grads[6:] if se is not None else ())
 
 
+def _needs(ctx) -> dict:
+    need = ctx.needs_input_grad
+    return {"y": need[0], "weight": need[1], "bias": need[2], "residual": need[5], "res_weight": need[6],
+            "res_bias": need[7]}
+
+
+class BnAddReluFunction(FusedFunction):
+    """(y, weight, bias, running_mean, running_var, identity, id_weight, id_bias, id_running_mean,
+    id_running_var, config) -> the module docstring's outputs."""
+
+    @staticmethod
+    def compute(prims, y, weight, bias, running_mean, running_var, identity, id_weight, id_bias, id_running_mean,
+                id_running_var, config):
+        return _compute(prims, y, weight, bias, running_mean, running_var, identity, id_weight, id_bias,
+                        id_running_mean, id_running_var, None, config)
+
+    @staticmethod
+    def forward(y, weight, bias, running_mean, running_var, identity, id_weight, id_bias, id_running_mean,
+                id_running_var, config):
+        return _compute(backend.primitives(y.device), y, weight, bias, running_mean, running_var, identity,
+                        id_weight, id_bias, id_running_mean, id_running_var, None, config)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        _save(ctx, inputs, output)
+
+    @staticmethod
+    def backward(ctx, grad_out, *_):
+        r = _backward(ctx, grad_out, _needs(ctx))
+        return (r.grad_y, r.grad_weight, r.grad_bias, None, None, r.grad_residual, r.grad_res_weight,
+                r.grad_res_bias, None, None, None)
+
+
+class SqueezeExciteFunction(FusedFunction):
+    """(y, weight, bias, running_mean, running_var, identity, id_weight, id_bias, id_running_mean,
+    id_running_var, fc1_weight, fc1_bias, fc2_weight, fc2_bias, config) -> the module docstring's outputs."""
+
+    @staticmethod
+    def compute(prims, y, weight, bias, running_mean, running_var, identity, id_weight, id_bias, id_running_mean,
+                id_running_var, fc1_weight, fc1_bias, fc2_weight, fc2_bias, config):
+        se = _bn.SEParams(fc1_weight, fc1_bias, fc2_weight, fc2_bias)
+        return _compute(prims, y, weight, bias, running_mean, running_var, identity, id_weight, id_bias,
+                        id_running_mean, id_running_var, se, config)
+
+    @staticmethod
+    def forward(y, weight, bias, running_mean, running_var, identity, id_weight, id_bias, id_running_mean,
+                id_running_var, fc1_weight, fc1_bias, fc2_weight, fc2_bias, config):
+        return SqueezeExciteFunction.compute(backend.primitives(y.device), y, weight, bias, running_mean,
+                                             running_var, identity, id_weight, id_bias, id_running_mean,
+                                             id_running_var, fc1_weight, fc1_bias, fc2_weight, fc2_bias, config)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        _save(ctx, inputs, output, se_tensors=inputs[10:14])
+
+    @staticmethod
+    def backward(ctx, grad_out, *_):
+        r = _backward(ctx, grad_out, _needs(ctx), se_count=4)
+        return (r.grad_y, r.grad_weight, r.grad_bias, None, None, r.grad_residual, r.grad_res_weight,
+                r.grad_res_bias, None, None, *r.grad_se, None)
+
+
 def unpack_identity_bn(identity_bn):
     """(flag, weight, bias, running_mean, running_var, num_batches_tracked) from the functional argument."""
     if identity_bn is None:
@@ -104,9 +172,9 @@ def unpack_identity_bn(identity_bn):
     return (True,) + tuple(identity_bn)
 
 
-def call(op_name: str, op, y: Tensor, bn: tuple, identity: Tensor, identity_bn, extra: tuple, *, training: bool,
-         momentum: Optional[float], eps: float, relu: bool, group_name: str) -> Tensor:
-    """Check the inputs, run ``op``, then update the running statistics (main and identity BN)."""
+def call(op_name: str, function, y: Tensor, bn: tuple, identity: Tensor, identity_bn, extra: tuple, *,
+         training: bool, momentum: Optional[float], eps: float, relu: bool, group_name: str) -> Tensor:
+    """Check the inputs, run ``function``, then update the running statistics (main and identity BN)."""
     weight, bias, running_mean, running_var, num_batches_tracked = bn
     has_id_bn, id_weight, id_bias, id_running_mean, id_running_var, id_num_batches = unpack_identity_bn(identity_bn)
     _bn.check_activation(op_name, "y", y)
@@ -119,10 +187,11 @@ def call(op_name: str, op, y: Tensor, bn: tuple, identity: Tensor, identity_bn, 
                              use_batch_stats, prefix="identity_bn ")
     y = _bn.standard_layout(y)
     identity = _bn.match_layout(identity, y)
+    config = (has_id_bn, use_batch_stats, eps, relu, group_name)
     with autocast_disabled(y):
-        out, mean, _, var, id_mean, _, id_var = op(
-            y, weight, bias, running_mean, running_var, identity, has_id_bn, id_weight, id_bias, id_running_mean,
-            id_running_var, *extra, use_batch_stats, eps, relu, group_name)[:N_OUTPUTS]
+        out, mean, var, id_mean, id_var = function.call(y, weight, bias, running_mean, running_var, identity,
+                                                        id_weight, id_bias, id_running_mean, id_running_var, *extra,
+                                                        config)[:N_PUBLIC]
     if training and running_mean is not None:
         _bn.update_running_stats(running_mean, running_var, num_batches_tracked, mean, var, momentum)
         if has_id_bn and id_running_mean is not None:

@@ -1,4 +1,4 @@
-"""Host-side BatchNorm algebra shared by the fused ops.
+"""The BatchNorm + activation layer shared by the fused ops, on the kernel primitives.
 
 Every fused op computes, for a conv output ``y`` (N, C, H, W),
 
@@ -7,48 +7,41 @@ Every fused op computes, for a conv output ``y`` (N, C, H, W),
                                         R = identity, bn(identity) or 0)
     out = relu(z)  (or z)
 
-with the elementwise passes done by the backend's primitives and only per-channel
-and per-(n, c) vectors computed here.
-
-Backward (training, M = N*H*W values per channel, x_hat = (y - mean) * invstd):
+Forward: ``bn_stats`` (one pass over y) and ``bn_finalize`` (per channel: invstd, a, c0
+as (N, C) tables, the unbiased variance for running_var), then ``scale_shift_act`` (one
+pass). Backward (training, M = N*H*W values per channel, x_hat = (y - mean) * invstd):
 
     g       = dout * (z > 0)                         ReLU mask recomputed from y
     dz      = g * gate + ds[n, c] / (H*W)            ds: gradient into the SE squeeze
     dbeta   = sum dz,   dgamma = sum dz * x_hat
     dy      = a * (dz - dbeta / M - x_hat * dgamma / M)
 
-The primitive ``scale_shift_act_backward_reduce`` returns per-(n, c) sums
-A = sum_hw g and B = sum_hw g * (y - mean); since gate and ds are constant over
-(h, w), every sum above is a per-channel combination of A and B:
+``scale_shift_act_backward_reduce`` returns per-(n, c) sums A = sum_hw g and
+B = sum_hw g * (y - mean); ``bn_backward_finalize`` turns them into dgamma, dbeta and the
+coefficients of dy = k_g * g + k_0 + k_y * (y - mean), which
+``scale_shift_act_backward_apply`` evaluates (the residual's BN gets the same finalize).
+Without SE, sum dz = sum_n A and sum dz * (y - mean) = sum_n B, so the kernels' outputs
+feed each other directly. With SE, gate and ds are constant over (h, w), so
 
-    sum dz         = sum_n (gate * A + ds)
-    sum dz * x_hat = invstd * sum_n (gate * B + ds * (sample_mean - mean))
-    dgate          = sum_hw g * b = a * B + beta * A
+    sum dz           = sum_n (gate * A + ds)
+    sum dz (y - mu)  = sum_n (gate * B + ds * (sample_mean - mean))
+    dgate            = sum_hw g * b = a * B + beta * A
 
-and ``scale_shift_act_backward_apply`` evaluates dy = k_g * g + k_0 + k_y * (y - mean).
-In eval mode the statistics are constants: dy = a * dz.
-
-On the cpu backend without Squeeze-Excitation or SyncBN, ``bn_act_forward`` and
-``bn_act_backward`` hand the whole computation to one C++ op per direction
-(csrc/cpu/bn_act.cpp, see ``cpu_fused``): the same kernels, with this algebra in C++.
+are (N, C) tables computed here, with the SE MLP's few small matrix products. SyncBN
+all-gathers the statistics and all-reduces the gradient sums between the steps.
+``prims`` is the table of primitives of one backend (``backend.primitives(device)``).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import cached_property
 from typing import Optional
 
 import torch
 from torch.autograd import forward_ad
 
-from .. import backend
 from .primitives import acc_dtype
 
 Tensor = torch.Tensor
-
-
-def prim(op: str, like: Tensor):
-    return backend.implementation(op, like.device)
 
 
 # ----------------------------------------------------------------------------- checks
@@ -186,43 +179,6 @@ def all_reduce_sum(tensors: list[Tensor], group_name: str) -> list[Tensor]:
     return list(flat.split([t.numel() for t in tensors]))
 
 
-def statistics(y: Tensor, params: BNParams, use_batch_stats: bool, eps: float, group_name: str,
-               need_sample_mean: bool):
-    """(mean, var, invstd, sample_mean or None, local count, global count) used to normalize ``y``.
-
-    ``var`` is the biased batch variance in training (for the running-stats update) and
-    the running variance in eval.
-    """
-    acc = acc_dtype(y.dtype)
-    count = y.shape[0] * y.shape[2] * y.shape[3]
-    sample_mean = None
-    if use_batch_stats or need_sample_mean:
-        mean, var, sample_mean = prim("bn_stats", y)(y)
-    if use_batch_stats:
-        if group_name:
-            mean, var, global_count = sync_statistics(mean, var, count, group_name)
-            return mean, var, torch.rsqrt(var + eps), sample_mean, count, global_count
-    else:
-        mean, var = params.running_mean.to(acc), params.running_var.to(acc)
-    invstd = torch.rsqrt(var + eps)
-    return mean, var, invstd, (sample_mean if need_sample_mean else None), count, count
-
-
-def affine(mean: Tensor, invstd: Tensor, weight: Optional[Tensor], bias: Optional[Tensor]):
-    """(a, c0) with bn(y) = a * y + c0 per channel."""
-    a = invstd if weight is None else weight.to(invstd.dtype) * invstd
-    beta = torch.zeros_like(mean) if bias is None else bias.to(invstd.dtype)
-    return a, beta - mean * a
-
-
-def beta_of(bias: Optional[Tensor], like: Tensor) -> Tensor:
-    return torch.zeros_like(like) if bias is None else bias.to(like.dtype)
-
-
-def expand_nc(v: Tensor, n: int) -> Tensor:
-    return v.unsqueeze(0).expand(n, -1).contiguous()
-
-
 # ----------------------------------------------------------------------------- Squeeze-Excitation MLP
 @dataclass
 class SEParams:
@@ -265,88 +221,86 @@ def se_gate_backward(dgate: Tensor, gate: Tensor, hidden: Tensor, squeeze: Tenso
 # ----------------------------------------------------------------------------- forward
 @dataclass
 class Normalized:
-    """What the backward needs of one normalized tensor (per-channel, acc dtype), and the BN's
-    affine parameters; ``a`` and ``c0`` (bn(y) = a * y + c0) are computed at first use (the
-    C++ CPU path computes its own and never asks)."""
+    """One BatchNorm as the forward applied it (per-channel tensors in the acc dtype) and what its
+    backward needs: ``scale``/``shift`` are the tables scale_shift_act took ((N, C), the SE gate
+    folded in; (C,) for a residual's BN), ``a`` the per-channel factor (SE only)."""
     mean: Tensor
     invstd: Tensor
-    count: int
-    weight: Optional[Tensor]
-    bias: Optional[Tensor]
-
-    @cached_property
-    def coefficients(self) -> tuple[Tensor, Tensor]:
-        return affine(self.mean, self.invstd, self.weight, self.bias)
-
-    @property
-    def a(self) -> Tensor:
-        return self.coefficients[0]
-
-    @property
-    def c0(self) -> Tensor:
-        return self.coefficients[1]
+    var_update: Tensor  # unbiased batch variance (training: updates running_var)
+    scale: Tensor
+    shift: Tensor
+    count: int  # values per channel over all ranks
 
 
-def normalize(y, params, use_batch_stats, eps, group_name, need_sample_mean=False):
-    mean, var, invstd, sample_mean, count, global_count = statistics(y, params, use_batch_stats, eps, group_name,
-                                                                     need_sample_mean)
+@dataclass
+class SEState:
+    """What the Squeeze-Excitation backward needs from the forward."""
+    se: SEParams
+    a: Tensor  # (C,)
+    sample_mean: Tensor  # (N, C) per-sample means of y
+    squeeze: Tensor  # (N, C) mean_hw(bn(y))
+    gate: Tensor  # (N, C)
+    hidden: Tensor  # (N, C_r) fc1 output before its ReLU
+
+
+def count_of(y: Tensor) -> int:
+    """Values per channel of y (this rank's)."""
+    return y.shape[0] * y.shape[2] * y.shape[3]
+
+
+def normalize(prims, y: Tensor, params: BNParams, use_batch_stats: bool, eps: float, group_name: str, rows: int,
+              need_sample_mean: bool = False) -> tuple[Normalized, Optional[Tensor]]:
+    """Statistics (batch or running) and bn_finalize's coefficients, as (N=rows, C) tables (rows 0: (C,));
+    with the per-sample means of y when asked (Squeeze-Excitation)."""
+    count = count_of(y)
+    sample_mean = None
+    if use_batch_stats or need_sample_mean:
+        mean, var, sample_mean = prims.bn_stats(y)
     if use_batch_stats:
-        var = unbiased(var, global_count)
-    return Normalized(mean, invstd, count, params.weight, params.bias), var, sample_mean
+        if group_name:
+            mean, var, count = sync_statistics(mean, var, count, group_name)
+    else:
+        acc = acc_dtype(y.dtype)
+        # (a copy of the running mean: the ops return the mean, which must not alias the buffer)
+        mean, var = params.running_mean.to(acc, copy=True), params.running_var.to(acc)
+    invstd, var_update, scale, shift = prims.bn_finalize(mean, var, params.weight, params.bias, eps, count, rows)
+    return Normalized(mean, invstd, var_update, scale, shift, count), sample_mean
 
 
-def running_normalized(params: BNParams, eps: float, acc: torch.dtype) -> Normalized:
-    """Normalization by the running statistics (eval mode), without looking at the data."""
-    mean = params.running_mean.to(acc)
-    invstd = torch.rsqrt(params.running_var.to(acc) + eps)
-    return Normalized(mean, invstd, 0, params.weight, params.bias)
+def se_forward(norm: Normalized, sample_mean: Tensor, se: SEParams) -> SEState:
+    """The gate from the squeeze mean_hw(bn(y)) = a * sample_mean + c0; folds it into norm's tables."""
+    a, c0 = norm.scale, norm.shift
+    squeeze = torch.addcmul(c0, sample_mean, a)
+    gate, hidden = se_gate(squeeze, se)
+    norm.scale, norm.shift = a * gate, c0 * gate
+    return SEState(se, a, sample_mean, squeeze, gate, hidden)
 
 
-def residual_coefficients(res: Optional[Normalized]):
-    return (None, None) if res is None else (res.a, res.c0)
+@dataclass
+class ForwardResult:
+    out: Tensor
+    norm: Normalized
+    res_norm: Optional[Normalized]
+    se: Optional[SEState]
 
 
-# ----------------------------------------------------------------------------- the C++ CPU path
-NO_BN = BNParams(None, None, None, None)
-
-
-def cpu_fused(y: Tensor, se: Optional["SEParams"], group_name: str) -> bool:
-    """Whether ``torch.ops.resnet_fast.bn_act_forward / bn_act_backward`` (csrc/cpu/bn_act.cpp)
-    do the whole BN + activation in one C++ call per direction: same kernels as the primitives
-    below (one pass fewer in backward with a plain residual), the per-channel algebra between
-    them in C++ instead of ~30 small tensor ops. For the CPU backend on a non-empty y, without
-    Squeeze-Excitation or SyncBN."""
-    return (se is None and not group_name and y.device.type == "cpu" and y.numel() > 0
-            and backend.resolve("scale_shift_act", y.device) == "cpu")
-
-
-def _cpu_forward(y, params, use_batch_stats, eps, relu, residual, res_params) -> "ForwardResult":
-    res = res_params or NO_BN
-    out, mean, invstd, var, res_mean, res_invstd, res_var = torch.ops.resnet_fast.bn_act_forward(
-        y, params.weight, params.bias, params.running_mean, params.running_var, residual, res.weight, res.bias,
-        res.running_mean, res.running_var, res_params is not None, use_batch_stats, eps, relu)
-    count = y.shape[0] * y.shape[2] * y.shape[3]
-    norm = Normalized(mean, invstd, count, params.weight, params.bias)
-    if res_params is None:
-        return ForwardResult(out, norm, var, None, None, None)
-    return ForwardResult(out, norm, var, Normalized(res_mean, res_invstd, count, res.weight, res.bias), res_var, None)
-
-
-GRADIENTS = ("y", "weight", "bias", "residual", "res_weight", "res_bias")
-
-
-def _cpu_backward(grad_out, y, params, norm, use_batch_stats, relu, residual, res_params, res_norm,
-                  needs) -> "BackwardResult":
-    res = res_params or NO_BN
-    wanted = [bool(needs.get(name)) for name in GRADIENTS]
-    wanted[3] = wanted[3] and residual is not None
-    wanted[4] = wanted[4] and res_norm is not None
-    wanted[5] = wanted[5] and res_norm is not None
-    grads = torch.ops.resnet_fast.bn_act_backward(
-        grad_out, y, params.weight, params.bias, norm.mean, norm.invstd, residual, res.weight, res.bias,
-        None if res_norm is None else res_norm.mean, None if res_norm is None else res_norm.invstd,
-        use_batch_stats, relu, wanted)
-    return BackwardResult(*(g if w else None for g, w in zip(grads, wanted)), ())
+def bn_act_forward(prims, y: Tensor, params: BNParams, use_batch_stats: bool, eps: float, relu: bool,
+                   residual: Optional[Tensor] = None, res_params: Optional[BNParams] = None,
+                   se: Optional[SEParams] = None, group_name: str = "") -> ForwardResult:
+    """out = act(bn(y) * gate + R) with R = residual, bn_res(residual) or 0; see the module docstring."""
+    if torch._C._functorch.is_batchedtensor(y):
+        # Under vmap the kernels run once per sample on slices of the batched tensors, which
+        # must be contiguous: batch dimension in front (what a batched .contiguous() gives).
+        y, residual = y.contiguous(), None if residual is None else residual.contiguous()
+    norm, sample_mean = normalize(prims, y, params, use_batch_stats, eps, group_name,
+                                  0 if se is not None else y.shape[0], need_sample_mean=se is not None)
+    se_state = se_forward(norm, sample_mean, se) if se is not None else None
+    res_norm = None
+    if res_params is not None:
+        res_norm, _ = normalize(prims, residual, res_params, use_batch_stats, eps, group_name, 0)
+    out = prims.scale_shift_act(y, norm.scale, norm.shift, residual, None if res_norm is None else res_norm.scale,
+                                None if res_norm is None else res_norm.shift, relu)
+    return ForwardResult(out, norm, res_norm, se_state)
 
 
 # ----------------------------------------------------------------------------- backward
@@ -361,85 +315,89 @@ class BackwardResult:
     grad_se: tuple  # (fc1_weight, fc1_bias, fc2_weight, fc2_bias) grads, or ()
 
 
-def bn_act_backward(grad_out: Tensor, y: Tensor, params: BNParams, norm: Normalized, use_batch_stats: bool,
+GRADIENTS = ("y", "weight", "bias", "residual", "res_weight", "res_bias")
+
+
+def _as(t: Optional[Tensor], like: Optional[Tensor], wanted) -> Optional[Tensor]:
+    """A parameter's gradient in the parameter's dtype, when wanted."""
+    return t.to(like.dtype) if wanted and like is not None else None
+
+
+def _se_sums(sum_g: Tensor, sum_g_y: Tensor, norm: Normalized, params: BNParams, state: SEState):
+    """(sum dz, sum dz * (y - mean), ds, SE parameter gradients): the module docstring's SE sums."""
+    beta = state.a.new_zeros(()) if params.bias is None else params.bias.to(state.a.dtype)
+    dgate = torch.addcmul(beta * sum_g, state.a, sum_g_y)
+    ds, *grad_se = se_gate_backward(dgate, state.gate, state.hidden, state.squeeze, state.se)
+    sum_dz = torch.addcmul(ds, state.gate, sum_g)
+    sum_dz_y = torch.addcmul(ds * (state.sample_mean - norm.mean), state.gate, sum_g_y)
+    return sum_dz, sum_dz_y, ds, tuple(grad_se)
+
+
+def bn_act_backward(prims, grad_out: Tensor, y: Tensor, params: BNParams, norm: Normalized, use_batch_stats: bool,
                     relu: bool, residual: Optional[Tensor], res_params: Optional[BNParams],
-                    res_norm: Optional[Normalized], se: Optional[SEParams], sample_mean: Optional[Tensor],
-                    group_name: str, needs: dict) -> BackwardResult:
+                    res_norm: Optional[Normalized], se: Optional[SEState], group_name: str,
+                    needs: dict) -> BackwardResult:
     """Gradients of out = act((a*y + c0) * gate + R) through y, the BN affine, R and the SE MLP.
 
-    ``needs`` maps "y", "weight", "bias", "residual", "res_weight", "res_bias", "se" to bools.
+    ``needs`` maps "y", "weight", "bias", "residual", "res_weight", "res_bias" to bools.
     """
-    if cpu_fused(y, se, group_name):
-        return _cpu_backward(grad_out, y, params, norm, use_batch_stats, relu, residual, res_params, res_norm, needs)
     n, hw = y.shape[0], y.shape[2] * y.shape[3]
     grad_out = match_layout(grad_out, y)  # the kernels index both tensors alike
-    res_scale, res_shift = residual_coefficients(res_norm)
-    if se is not None:
-        squeeze = sample_mean * norm.a + norm.c0
-        gate, hidden = se_gate(squeeze, se)
-        scale, shift = norm.a * gate, norm.c0 * gate
-    else:
-        gate = None
-        scale, shift = expand_nc(norm.a, n), expand_nc(norm.c0, n)
-    args = (grad_out, y, scale, shift, residual, res_scale, res_shift, relu)
-    sum_g, sum_g_y, sum_g_res = prim("scale_shift_act_backward_reduce", y)(
+    res_scale, res_shift = (None, None) if res_norm is None else (res_norm.scale, res_norm.shift)
+    args = (grad_out, y, norm.scale, norm.shift, residual, res_scale, res_shift, relu)
+    sum_g, sum_g_y, sum_g_res = prims.scale_shift_act_backward_reduce(
         *args, norm.mean, None if res_norm is None else res_norm.mean)
 
-    # Squeeze-Excitation: gradient into the gate, then through the MLP into the squeeze.
     grad_se, ds = (), None
+    sum_dz, sum_dz_y = sum_g, sum_g_y
     if se is not None:
-        beta = beta_of(params.bias, norm.mean)
-        dgate = norm.a * sum_g_y + beta * sum_g
-        ds, *grad_se = se_gate_backward(dgate, gate, hidden, squeeze, se)
-        sum_dz = (gate * sum_g + ds).sum(0)
-        sum_dz_y = (gate * sum_g_y + ds * (sample_mean - norm.mean)).sum(0)
-    else:
-        sum_dz, sum_dz_y = sum_g.sum(0), sum_g_y.sum(0)
-    grad_weight = (sum_dz_y * norm.invstd).to(params.weight.dtype) if needs.get("weight") else None
-    grad_bias = sum_dz.to(params.bias.dtype) if needs.get("bias") else None
+        sum_dz, sum_dz_y, ds, grad_se = _se_sums(sum_g, sum_g_y, norm, params, se)
+    sync = use_batch_stats and bool(group_name)
+    rows = 0 if se is not None else n
+    count = norm.count
+    grad_weight, grad_bias, k_g, k_0, k_y = prims.bn_backward_finalize(
+        sum_dz, sum_dz_y, norm.invstd, params.weight, count, rows, use_batch_stats)
+    res_sums = (sum_g, sum_g_res)
+    res_count = None if res_norm is None else res_norm.count
+    if sync and (needs.get("y") or needs.get("residual")):
+        # SyncBN: the input gradient takes every rank's sums and count; d(gamma), d(beta) stay local.
+        totals = [sum_dz.sum(0), sum_dz_y.sum(0), norm.invstd.new_full((1,), float(count))]
+        totals += [sum_g.sum(0), sum_g_res] if res_norm is not None else []
+        totals = all_reduce_sum(totals, group_name)
+        count = res_count = int(totals[2].item())
+        _, _, k_g, k_0, k_y = prims.bn_backward_finalize(totals[0], totals[1], norm.invstd, params.weight, count,
+                                                         rows, use_batch_stats)
+        if res_norm is not None:
+            res_sums = (totals[3], totals[4])
+    if se is not None:
+        k_0 = torch.addcmul(k_0, k_g, ds, value=1.0 / hw)  # + a * ds / (H*W): the squeeze's gradient
+        k_g = k_g * se.gate
 
-    sum_g_all = sum_g.sum(0) if residual is not None else None
     grad_res_weight = grad_res_bias = None
+    res_k = (None, None, None, None)
     if res_norm is not None:
-        if needs.get("res_weight"):
-            grad_res_weight = (sum_g_res * res_norm.invstd).to(res_params.weight.dtype)
-        if needs.get("res_bias"):
-            grad_res_bias = sum_g_all.to(res_params.bias.dtype)
+        if needs.get("res_weight") or needs.get("res_bias"):
+            g_w, g_b, _, _, _ = prims.bn_backward_finalize(sum_g, sum_g_res, res_norm.invstd, res_params.weight,
+                                                           res_norm.count, 0, use_batch_stats)
+            grad_res_weight = _as(g_w, res_params.weight, needs.get("res_weight"))
+            grad_res_bias = _as(g_b, res_params.bias, needs.get("res_bias"))
+        if needs.get("residual"):
+            _, _, r_k_g, r_k_0, r_k_y = prims.bn_backward_finalize(
+                res_sums[0], res_sums[1], res_norm.invstd, res_params.weight, res_count, 0, use_batch_stats)
+            res_k = (r_k_g, r_k_0, r_k_y, res_norm.mean)
+    elif residual is not None and needs.get("residual"):  # plain identity: d residual = g
+        ones = norm.invstd.new_ones(norm.invstd.shape)
+        zeros = norm.invstd.new_zeros(norm.invstd.shape)
+        res_k = (ones, zeros, zeros, zeros)
 
     grad_y = grad_residual = None
-    if needs.get("y") or needs.get("residual"):
-        count = norm.count
-        if use_batch_stats and group_name:  # SyncBN: global sums and count, local dgamma/dbeta
-            reduced = [sum_dz, sum_dz_y, sum_dz.new_full((1,), float(count))]
-            reduced += [sum_g_all, sum_g_res] if res_norm is not None else []
-            reduced = all_reduce_sum(reduced, group_name)
-            sum_dz, sum_dz_y, count = reduced[0], reduced[1], reduced[2]
-            if res_norm is not None:
-                sum_g_all, sum_g_res = reduced[3:]
-        k_g = norm.a * gate if gate is not None else expand_nc(norm.a, n)
-        k_0 = torch.zeros_like(k_g) if ds is None else norm.a * ds / hw
-        k_y = torch.zeros_like(norm.mean)
-        if use_batch_stats:
-            k_0 = k_0 - norm.a * sum_dz / count
-            k_y = -norm.a * norm.invstd * norm.invstd * sum_dz_y / count
-        res_k = (None, None, None, None)
-        if residual is not None and needs.get("residual"):
-            if res_norm is None:  # plain identity: d residual = g
-                ones = torch.ones_like(norm.mean)
-                res_k = (ones, torch.zeros_like(ones), torch.zeros_like(ones), torch.zeros_like(ones))
-            elif use_batch_stats:
-                res_k = (res_norm.a, -res_norm.a * sum_g_all / count,
-                         -res_norm.a * res_norm.invstd * res_norm.invstd * sum_g_res / count,
-                         res_norm.mean)
-            else:
-                zeros = torch.zeros_like(res_norm.a)
-                res_k = (res_norm.a, zeros, zeros, res_norm.mean)
-        grad_y, grad_residual = prim("scale_shift_act_backward_apply", y)(
-            *args, k_g, k_0, k_y, norm.mean, *res_k)
+    if needs.get("y") or res_k[0] is not None:
+        grad_y, grad_residual = prims.scale_shift_act_backward_apply(*args, k_g, k_0, k_y, norm.mean, *res_k)
         grad_y = grad_y if needs.get("y") else None
         grad_residual = grad_residual if res_k[0] is not None else None
-    return BackwardResult(grad_y, grad_weight, grad_bias, grad_residual, grad_res_weight, grad_res_bias,
-                          tuple(grad_se))
+    return BackwardResult(grad_y, _as(grad_weight, params.weight, needs.get("weight")),
+                          _as(grad_bias, params.bias, needs.get("bias")), grad_residual, grad_res_weight,
+                          grad_res_bias, grad_se)
 
 
 # ----------------------------------------------------------------------------- running statistics
@@ -462,8 +420,7 @@ def update_running_stats(running_mean: Optional[Tensor], running_var: Optional[T
         factor = momentum
         if (running_mean.dtype == batch_mean.dtype and running_var.dtype == unbiased_var.dtype
                 and not torch._C._are_functorch_transforms_active()):  # (foreach ops have no vmap rule)
-            # Two foreach calls instead of eight small ops: at the 7x7 stage this update
-            # costs as much host time as a fused op's kernels.
+            # Two foreach calls instead of eight small ops.
             torch._foreach_mul_([running_mean, running_var], 1 - factor)
             torch._foreach_add_([running_mean, running_var], [batch_mean, unbiased_var], alpha=factor)
             return
@@ -471,51 +428,6 @@ def update_running_stats(running_mean: Optional[Tensor], running_var: Optional[T
     running_var.copy_(unbiased_var * factor + running_var.to(unbiased_var.dtype) * (1 - factor))
 
 
-def unbiased(var: Tensor, count: int) -> Tensor:
-    return var * (count / max(count - 1, 1))
-
-
-# ----------------------------------------------------------------------------- fused forward
-@dataclass
-class ForwardResult:
-    out: Tensor
-    norm: Normalized
-    var: Tensor  # unbiased batch variance in training (for the running-stats update), running_var in eval
-    res_norm: Optional[Normalized]
-    res_var: Optional[Tensor]
-    sample_mean: Optional[Tensor]
-
-
-def bn_act_forward(y: Tensor, params: BNParams, use_batch_stats: bool, eps: float, relu: bool,
-                   residual: Optional[Tensor] = None, res_params: Optional[BNParams] = None,
-                   se: Optional[SEParams] = None, group_name: str = "") -> ForwardResult:
-    """out = act(bn(y) * gate + R) with R = residual, bn_res(residual) or 0; see the module docstring."""
-    if torch._C._functorch.is_batchedtensor(y):
-        # Under vmap the kernels run once per sample on slices of the batched tensors, which
-        # must be contiguous: batch dimension in front (what a batched .contiguous() gives).
-        y, residual = y.contiguous(), None if residual is None else residual.contiguous()
-    if cpu_fused(y, se, group_name):
-        return _cpu_forward(y, params, use_batch_stats, eps, relu, residual, res_params)
-    norm, var, sample_mean = normalize(y, params, use_batch_stats, eps, group_name, need_sample_mean=se is not None)
-    res_norm = res_var = None
-    if res_params is not None:
-        res_norm, res_var, _ = normalize(residual, res_params, use_batch_stats, eps, group_name)
-    n = y.shape[0]
-    if se is not None:
-        gate, _ = se_gate(sample_mean * norm.a + norm.c0, se)
-        scale, shift = norm.a * gate, norm.c0 * gate
-    else:
-        scale, shift = expand_nc(norm.a, n), expand_nc(norm.c0, n)
-    res_scale, res_shift = residual_coefficients(res_norm)
-    out = prim("scale_shift_act", y)(y, scale, shift, residual, res_scale, res_shift, relu)
-    return ForwardResult(out, norm, var, res_norm, res_var, sample_mean)
-
-
 def empty_stats(y: Tensor) -> Tensor:
     """What an op returns for batch statistics it did not compute (eval mode)."""
     return y.new_empty((0,), dtype=acc_dtype(y.dtype))
-
-
-def saved_normalized(mean: Tensor, invstd: Tensor, params: BNParams, y: Tensor) -> Normalized:
-    """Rebuild Normalized in backward from the mean and invstd an op returned (count: local)."""
-    return Normalized(mean, invstd, y.shape[0] * y.shape[2] * y.shape[3], params.weight, params.bias)

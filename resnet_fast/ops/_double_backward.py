@@ -50,7 +50,8 @@ def batch_norm(y: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], mean
         invstd = torch.rsqrt(y.var((0, 2, 3), unbiased=False) + eps)
     else:
         mean, invstd = mean.detach().to(acc), invstd.detach().to(acc)
-    a, c0 = _bn.affine(mean, invstd, weight, bias)
+    a = invstd if weight is None else weight.to(acc) * invstd
+    c0 = -(mean * a) if bias is None else bias.to(acc) - mean * a
     return y * a[:, None, None] + c0[:, None, None]
 
 

@@ -1,6 +1,6 @@
 """Inference convolution with BatchNorm folded in: act(conv(x, w * a) + c0 [+ residual]).
 
-a = gamma / sqrt(running_var + eps) and c0 = beta - running_mean * a (``_bn.running_normalized``).
+a = gamma / sqrt(running_var + eps) and c0 = beta - running_mean * a (the ``bn_finalize`` primitive).
 What follows the convolution is its epilogue, and where it runs decides the speed:
 
 * CPU, float32, oneDNN available (backends "auto" and "cpu"): the whole thing is one
@@ -26,7 +26,8 @@ import torch
 import torch.nn.functional as F
 
 from .. import _weight_cache, backend
-from . import _bn, _direct_call
+from . import _bn
+from ._function import transform_active
 
 Tensor = torch.Tensor
 
@@ -46,7 +47,7 @@ def uses_onednn_epilogue(x: Tensor) -> bool:
     transform: the oneDNN op has no forward-mode formula and would drop the tangent)."""
     return (x.device.type == "cpu" and x.dtype == torch.float32 and torch.backends.mkldnn.enabled
             and backend.get_backend() in ("auto", "cpu") and _onednn_pointwise_available()
-            and not _direct_call.transform_active())
+            and not transform_active())
 
 
 def conv_weight(x: Tensor, weight: Tensor, stride: Sequence[int], padding: Sequence[int], dilation: Sequence[int],
@@ -81,27 +82,30 @@ def onednn_conv(x: Tensor, weight: Tensor, bias: Optional[Tensor], stride: Seque
 
 def folded_conv(x: Tensor, weight: Tensor, params: "_bn.BNParams", eps: float, stride: Sequence[int],
                 padding: Sequence[int], dilation: Sequence[int], groups: int, relu: bool,
-                residual: Optional[Tensor]) -> tuple[Tensor, "_bn.Normalized"]:
-    """(act(conv2d(x, fold_weight(weight, a)) + c0 [+ residual]) in x's memory format, the running
-    normalization a, c0 came from). The folded weight is reused within an ``inference_cache()``."""
+                residual: Optional[Tensor]) -> Tensor:
+    """act(conv2d(x, fold_weight(weight, a)) + c0 [+ residual]) in x's memory format, a and c0 from the
+    running statistics. The folded weight is reused within an ``inference_cache()``."""
     onednn = uses_onednn_epilogue(x)
+    prims = backend.primitives(x.device)
 
     def fold():
-        norm = _bn.running_normalized(params, eps, _bn.acc_dtype(x.dtype))
-        w = fold_weight(weight, norm.a)
+        acc = _bn.acc_dtype(x.dtype)
+        _, _, a, c0 = prims.bn_finalize(params.running_mean.to(acc), params.running_var.to(acc), params.weight,
+                                        params.bias, eps, 0, 0)
+        w = fold_weight(weight, a)
         if onednn:
-            return conv_weight(x, w, stride, padding, dilation, groups), norm.c0.to(x.dtype), norm
-        return w, None, norm
+            return conv_weight(x, w, stride, padding, dilation, groups), c0.to(x.dtype)
+        return w, c0
 
     config = ("folded", eps, onednn, channels_last(x), x.dtype, tuple(stride), tuple(padding), tuple(dilation),
               groups)
     tensors = (weight, params.weight, params.bias, params.running_mean, params.running_var)
-    w, bias, norm = _weight_cache.cached(tensors, config, fold)
+    w, bias = _weight_cache.cached(tensors, config, fold)
     if onednn:
-        return onednn_conv(x, w, bias, stride, padding, dilation, groups, relu, residual), norm
+        return onednn_conv(x, w, bias, stride, padding, dilation, groups, relu, residual)
     y = F.conv2d(x, w, None, stride, padding, dilation, groups)
     residual = None if residual is None else _bn.match_layout(residual, y)
     n = y.shape[0]
-    out = _bn.prim("scale_shift_act", y)(y, _bn.expand_nc(torch.ones_like(norm.a), n), _bn.expand_nc(norm.c0, n),
-                                         residual, None, None, relu)
-    return out, norm
+    # bias is c0 in fp32 (not rounded to the conv dtype); the pass also adds the residual and the ReLU.
+    shift = bias.unsqueeze(0).expand(n, -1).contiguous()
+    return prims.scale_shift_act(y, torch.ones_like(shift), shift, residual, None, None, relu)

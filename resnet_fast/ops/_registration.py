@@ -1,9 +1,10 @@
-"""Make the kernel primitives exist under torch.ops.resnet_fast, whatever was compiled.
+"""Define the kernel primitives under torch.ops.resnet_fast, whatever was compiled.
 
-The compiled library (csrc/ops.cpp) defines their schemas with CPU and, when built
-with CUDA, CUDA kernels. Missing pieces are filled with the torch reference
-implementation: all of it when the library did not load, the CUDA key when it was
-built without CUDA. Fake implementations let torch.compile and opcheck trace them.
+The schemas are declared once, in ``primitives.SCHEMAS``, and defined here; the compiled
+library (csrc/) only implements them (``TORCH_LIBRARY_IMPL`` for the CPU and, when built
+with CUDA, the CUDA key). A key without a compiled kernel gets the torch reference
+implementation: every key when the library did not load, CUDA when it was built without
+CUDA kernels. Fake implementations let torch.compile and opcheck trace every primitive.
 """
 from __future__ import annotations
 
@@ -39,55 +40,56 @@ def _fake_backward_apply(grad_out, y, scale, shift, residual, res_scale, res_shi
     return torch.empty_like(y), grad_res
 
 
-def _fake_bn_act_forward(y, weight, bias, running_mean, running_var, residual, res_weight, res_bias,
-                         res_running_mean, res_running_var, residual_bn, use_batch_stats, eps, relu):
-    stats = y.new_empty((y.shape[1],), dtype=acc_dtype(y.dtype))
-    res = [torch.empty_like(stats) if residual_bn else stats.new_empty((0,)) for _ in range(3)]
-    return (torch.empty_like(y), torch.empty_like(stats), torch.empty_like(stats), torch.empty_like(stats), *res)
+def _per_sample_shape(c: int, n: int) -> tuple[int, ...]:
+    return (n, c) if n > 0 else (c,)
 
 
-def _fake_bn_act_backward(grad_out, y, weight, bias, mean, invstd, residual, res_weight, res_bias, res_mean,
-                          res_invstd, use_batch_stats, relu, needs):
-    def grad(wanted, like):
-        return torch.empty_like(like) if wanted and like is not None else y.new_empty((0,))
-
-    return (grad(needs[0], y), grad(needs[1], weight), grad(needs[2], bias),
-            grad(needs[3] and residual is not None, y), grad(needs[4] and res_mean is not None, res_weight),
-            grad(needs[5] and res_mean is not None, res_bias))
+def _fake_bn_finalize(mean, var, weight, bias, eps, count, n):
+    c = mean.shape[0]
+    return (torch.empty_like(mean), torch.empty_like(mean), mean.new_empty(_per_sample_shape(c, n)),
+            mean.new_empty(_per_sample_shape(c, n)))
 
 
-# Ops of the compiled CPU library only (csrc/cpu/bn_act.cpp), used by ops/_bn.py's CPU path.
-_CPU_FUSED_FAKES = {
-    "bn_act_forward": _fake_bn_act_forward,
-    "bn_act_backward": _fake_bn_act_backward,
-}
+def _fake_bn_backward_finalize(sum_dz, sum_dz_y, invstd, weight, count, n, use_batch_stats):
+    c = invstd.shape[0]
+    return (torch.empty_like(invstd), torch.empty_like(invstd), invstd.new_empty(_per_sample_shape(c, n)),
+            invstd.new_empty(_per_sample_shape(c, n)), torch.empty_like(invstd))
+
 
 _FAKES = {
     "bn_stats": _fake_bn_stats,
     "scale_shift_act": _fake_scale_shift_act,
     "scale_shift_act_backward_reduce": _fake_backward_reduce,
     "scale_shift_act_backward_apply": _fake_backward_apply,
+    "bn_finalize": _fake_bn_finalize,
+    "bn_backward_finalize": _fake_bn_backward_finalize,
 }
 
 
+def _has_schema(qualname: str) -> bool:
+    try:
+        torch._C._dispatch_find_schema_or_throw(qualname, "")
+    except RuntimeError:
+        return False
+    return True
+
+
 def register_primitives() -> None:
+    # The library first: its kernels register for names that may not be defined yet, which
+    # the dispatcher allows; the definitions below then give them their schemas.
     loaded = _extension.load()
-    if not loaded:
-        lib = torch.library.Library("resnet_fast", "DEF")
-        for name, schema in primitives.SCHEMAS.items():
-            lib.define(name + schema)
-            lib.impl(name, primitives.PRIMITIVES[name], "CompositeExplicitAutograd")
-        _libraries.append(lib)
-    elif not _extension.has_cuda_kernels():
-        lib = torch.library.Library("resnet_fast", "IMPL")
-        for name, fn in primitives.PRIMITIVES.items():
-            lib.impl(name, fn, "CUDA")
-        _libraries.append(lib)
-    for name, fake in _FAKES.items():
-        torch.library.register_fake(f"resnet_fast::{name}", fake)
-    if loaded:
-        for name, fake in _CPU_FUSED_FAKES.items():
-            torch.library.register_fake(f"resnet_fast::{name}", fake)
+    cuda_kernels = _extension.has_cuda_kernels()
+    definitions = torch.library.Library("resnet_fast", "FRAGMENT")
+    _libraries.append(definitions)
+    for name, schema in primitives.SCHEMAS.items():
+        if not _has_schema(f"resnet_fast::{name}"):  # (a library built before the schemas moved here)
+            definitions.define(name + schema)
+    for name, fn in primitives.PRIMITIVES.items():
+        qualname = f"resnet_fast::{name}"
+        for key, compiled in (("CPU", loaded), ("CUDA", cuda_kernels)):
+            if not (compiled and torch._C._dispatch_has_kernel_for_dispatch_key(qualname, key)):
+                definitions.impl(name, fn, key)
+        torch.library.register_fake(qualname, _FAKES[name])
 
 
 register_primitives()

@@ -1,10 +1,10 @@
 """bn_relu: relu(batch_norm(x)), the pre-activation of ResNet v2 blocks (relu optional).
 
-Registered op ``resnet_fast::bn_relu`` returns (out, mean, invstd, var_update): the
-statistics used to normalize and, in training, the unbiased batch variance for the
-running-statistics update, which the functional ``bn_relu`` below applies afterwards
-(an op with an autograd formula may not mutate its inputs). Backward saves only ``x``
-and recomputes the normalized value and the ReLU mask from it.
+Forward: bn_stats, bn_finalize, scale_shift_act (ops/_bn.py). The Function returns the
+output and the statistics; the functional ``bn_relu`` updates the running statistics
+afterwards (outside autograd, so torch.compile sees a plain in-place update). Backward
+saves only ``x`` (and per-channel vectors) and recomputes the normalized value and the
+ReLU mask from it.
 """
 from __future__ import annotations
 
@@ -12,61 +12,56 @@ from typing import Optional
 
 import torch
 
-from . import _bn, _direct_call, _double_backward
+from .. import backend
+from . import _bn, _double_backward
 from ._autocast import autocast_disabled
+from ._function import FusedFunction
 
 Tensor = torch.Tensor
-OP = "resnet_fast::bn_relu"
 
 
-def _forward(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], running_mean: Optional[Tensor],
-             running_var: Optional[Tensor], use_batch_stats: bool, eps: float, relu: bool,
-             group_name: str) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    params = _bn.BNParams(weight, bias, running_mean, running_var)
-    result = _bn.bn_act_forward(x, params, use_batch_stats, eps, relu, group_name=group_name)
-    var = result.var if use_batch_stats else _bn.empty_stats(x)
-    return result.out, result.norm.mean.clone(), result.norm.invstd, var
+class BnReluFunction(FusedFunction):
+    """(x, weight, bias, running_mean, running_var, (use_batch_stats, eps, relu, group_name))
+    -> (out, mean, var_update, invstd, scale, shift)."""
 
+    @staticmethod
+    def compute(prims, x, weight, bias, running_mean, running_var, config):
+        use_batch_stats, eps, relu, group_name = config
+        params = _bn.BNParams(weight, bias, running_mean, running_var)
+        r = _bn.bn_act_forward(prims, x, params, use_batch_stats, eps, relu, group_name=group_name)
+        return r.out, r.norm.mean, r.norm.var_update, r.norm.invstd, r.norm.scale, r.norm.shift
 
-bn_relu_op = torch.library.custom_op(OP, _forward, mutates_args=())
+    @staticmethod
+    def forward(x, weight, bias, running_mean, running_var, config):
+        return BnReluFunction.compute(backend.primitives(x.device), x, weight, bias, running_mean, running_var,
+                                      config)
 
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        x, weight, bias, _, _, config = inputs
+        _, mean, var_update, invstd, scale, shift = output
+        ctx.save_for_backward(x, weight, bias, mean, invstd, scale, shift)
+        ctx.config = config
+        ctx.mark_non_differentiable(*output[1:])
 
-@bn_relu_op.register_fake
-def _(x, weight, bias, running_mean, running_var, use_batch_stats, eps, relu, group_name):
-    stats = x.new_empty((x.shape[1],), dtype=_bn.acc_dtype(x.dtype))
-    var = stats.new_empty(stats.shape if use_batch_stats else (0,))
-    return torch.empty_like(x), stats, torch.empty_like(stats), var
+    @staticmethod
+    def backward(ctx, grad_out, *_):
+        x, weight, bias, mean, invstd, scale, shift = ctx.saved_tensors
+        use_batch_stats, eps, relu, group_name = ctx.config
+        needs = ctx.needs_input_grad
+        if _double_backward.wanted():
+            _double_backward.require_supported(group_name)
 
+            def output(x, weight, bias):
+                z = _double_backward.batch_norm(x, weight, bias, mean, invstd, use_batch_stats, eps)
+                return _double_backward.activation(z, relu, x)
 
-def _setup_context(ctx, inputs, output):
-    x, weight, bias, running_mean, running_var, use_batch_stats, eps, relu, group_name = inputs
-    _, mean, invstd, _ = output
-    ctx.save_for_backward(x, weight, bias, mean, invstd)
-    ctx.config = (use_batch_stats, relu, group_name, eps)
-    ctx.mark_non_differentiable(*output[1:])
-
-
-def _backward(ctx, grad_out, *_):
-    x, weight, bias, mean, invstd = ctx.saved_tensors
-    use_batch_stats, relu, group_name, eps = ctx.config
-    if _double_backward.wanted():
-        _double_backward.require_supported(group_name)
-
-        def output(x, weight, bias):
-            z = _double_backward.batch_norm(x, weight, bias, mean, invstd, use_batch_stats, eps)
-            return _double_backward.activation(z, relu, x)
-
-        grads = _double_backward.gradients(output, (x, weight, bias), grad_out, ctx.needs_input_grad[:3])
-        return grads + (None,) * 6
-    params = _bn.BNParams(weight, bias, None, None)
-    norm = _bn.saved_normalized(mean, invstd, params, x)
-    needs = dict(zip(("y", "weight", "bias"), ctx.needs_input_grad[:3]))
-    result = _bn.bn_act_backward(grad_out, x, params, norm, use_batch_stats, relu, None, None, None, None, None,
-                                 group_name, needs)
-    return result.grad_y, result.grad_weight, result.grad_bias, None, None, None, None, None, None
-
-
-_call_op = _direct_call.register_autograd(bn_relu_op, _forward, _setup_context, _backward)
+            return _double_backward.gradients(output, (x, weight, bias), grad_out, needs[:3]) + (None,) * 3
+        params = _bn.BNParams(weight, bias, None, None)
+        norm = _bn.Normalized(mean, invstd, None, scale, shift, _bn.count_of(x))
+        r = _bn.bn_act_backward(backend.primitives(x.device), grad_out, x, params, norm, use_batch_stats, relu,
+                                None, None, None, None, group_name, dict(zip(("y", "weight", "bias"), needs[:3])))
+        return r.grad_y, r.grad_weight, r.grad_bias, None, None, None
 
 
 def bn_relu(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], running_mean: Optional[Tensor],
@@ -84,8 +79,8 @@ def bn_relu(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], running
     params = _bn.BNParams(weight, bias, running_mean, running_var)
     _bn.check_batch_norm("bn_relu", x, params, use_batch_stats)
     with autocast_disabled(x):
-        out, mean, _, var = _call_op(_bn.standard_layout(x), weight, bias, running_mean, running_var,
-                                     use_batch_stats, eps, relu, group_name)
+        out, mean, var_update, *_ = BnReluFunction.call(_bn.standard_layout(x), weight, bias, running_mean,
+                                                        running_var, (use_batch_stats, eps, relu, group_name))
     if training and running_mean is not None:
-        _bn.update_running_stats(running_mean, running_var, num_batches_tracked, mean, var, momentum)
+        _bn.update_running_stats(running_mean, running_var, num_batches_tracked, mean, var_update, momentum)
     return out

@@ -19,9 +19,8 @@ The convolution is ATen's (cuDNN / oneDNN); the fusion is around it:
 the op is a whole residual block tail, conv3 + bn3 + add + ReLU, which is how the models
 run a block's last convolution in inference (and in training with ``low_memory``).
 
-Registered as ``resnet_fast::conv_bn_relu`` returning (out, y, mean, invstd, var_update):
-y is the convolution output (saved for backward; empty on the folded path, which has no
-backward), the rest as in ``bn_relu``.
+``ConvBnReluFunction`` runs the training (and eval-with-gradients) path; the folded
+inference path has no backward and runs without it.
 """
 from __future__ import annotations
 
@@ -31,105 +30,91 @@ import torch
 import torch.nn.functional as F
 from torch.nn.modules.utils import _pair
 
-from . import _bn, _direct_call, _double_backward
+from .. import backend
+from . import _bn, _double_backward
 from ._autocast import autocast_disabled, cast_for_conv
 from ._folded_conv import folded_conv
+from ._function import FusedFunction, transform_active
 
 Tensor = torch.Tensor
 
 
-def _forward(x: Tensor, weight: Tensor, bn_weight: Optional[Tensor], bn_bias: Optional[Tensor],
-             running_mean: Optional[Tensor], running_var: Optional[Tensor], residual: Optional[Tensor],
-             stride: Sequence[int], padding: Sequence[int], dilation: Sequence[int], groups: int,
-             use_batch_stats: bool, fold_bn: bool, eps: float, relu: bool, recompute_conv: bool,
-             group_name: str) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    params = _bn.BNParams(bn_weight, bn_bias, running_mean, running_var)
-    if fold_bn:  # inference: conv(x, weight * a) with a bias(+residual)+ReLU epilogue
-        out, norm = folded_conv(x, weight, params, eps, stride, padding, dilation, groups, relu, residual)
-        return out, _folded_y(x), norm.mean.clone(), norm.invstd.clone(), _bn.empty_stats(x)
-    y = F.conv2d(x, weight, None, stride, padding, dilation, groups)
-    residual = None if residual is None else _bn.match_layout(residual, y)
-    result = _bn.bn_act_forward(y, params, use_batch_stats, eps, relu, residual, group_name=group_name)
-    var = result.var if use_batch_stats else _bn.empty_stats(y)
-    return result.out, y, result.norm.mean.clone(), result.norm.invstd, var
+class ConvBnReluFunction(FusedFunction):
+    """(x, weight, bn_weight, bn_bias, running_mean, running_var, residual, config) ->
+    (out, mean, var_update, y, invstd, scale, shift), config = (stride, padding, dilation, groups,
+    use_batch_stats, eps, relu, recompute_conv, group_name); y is the convolution output."""
 
-
-conv_bn_relu_op = torch.library.custom_op("resnet_fast::conv_bn_relu", _forward, mutates_args=())
-
-
-def _folded_y(x: Tensor) -> Tensor:
-    """The y output of the folded path: nothing (no backward needs it, and the oneDNN epilogue
-    never materializes the bias-free convolution output)."""
-    return x.new_empty((0,))
-
-
-@conv_bn_relu_op.register_fake
-def _(x, weight, bn_weight, bn_bias, running_mean, running_var, residual, stride, padding, dilation, groups,
-      use_batch_stats, fold_bn, eps, relu, recompute_conv, group_name):
-    y = F.conv2d(x, weight, None, stride, padding, dilation, groups)
-    stats = y.new_empty((y.shape[1],), dtype=_bn.acc_dtype(y.dtype))
-    var = torch.empty_like(stats) if use_batch_stats else stats.new_empty((0,))
-    return torch.empty_like(y), _folded_y(x) if fold_bn else y, torch.empty_like(stats), torch.empty_like(stats), var
-
-
-def _setup_context(ctx, inputs, output):
-    (x, weight, bn_weight, bn_bias, _, _, residual, stride, padding, dilation, groups, use_batch_stats, fold_bn, eps,
-     relu, recompute_conv, group_name) = inputs
-    out, y, mean, invstd, _ = output
-    if recompute_conv:
-        # y is recomputed from x in backward; the ReLU mask is read off the output, which the
-        # next layer keeps anyway (the residual is not needed then either).
-        ctx.save_for_backward(x, weight, out if relu else None, bn_weight, bn_bias, None, mean, invstd)
-    else:
-        ctx.save_for_backward(x, weight, y, bn_weight, bn_bias, residual, mean, invstd)
-    ctx.config = (list(stride), list(padding), list(dilation), groups, use_batch_stats, fold_bn, relu,
-                  recompute_conv, group_name, eps)
-    ctx.mark_non_differentiable(*output[1:])
-    ctx.set_materialize_grads(False)  # else backward gets a zero-filled gradient for y, y-sized
-
-
-def _backward(ctx, grad_out, *_):
-    if grad_out is None:
-        return (None,) * 17
-    x, weight, saved, bn_weight, bn_bias, residual, mean, invstd = ctx.saved_tensors
-    stride, padding, dilation, groups, use_batch_stats, fold_bn, relu, recompute_conv, group_name, eps = ctx.config
-    if fold_bn:
-        raise RuntimeError("conv_bn_relu: the folded eval path (fold_bn=True) is for inference only; "
-                           "call resnet_fast.ops.conv_bn_relu, which folds only when no gradient is needed")
-    need_x, need_w, need_gamma, need_beta = ctx.needs_input_grad[:4]
-    need_residual = ctx.needs_input_grad[6]
-    if _double_backward.wanted():
-        grads = _differentiable_backward(grad_out, x, weight, saved, bn_weight, bn_bias, residual, mean, invstd,
-                                         ctx.config, (need_x, need_w, need_gamma, need_beta, need_residual))
-        return grads[:4] + (None, None, grads[4]) + (None,) * 10
-    params = _bn.BNParams(bn_weight, bn_bias, None, None)
-    if recompute_conv:
+    @staticmethod
+    def compute(prims, x, weight, bn_weight, bn_bias, running_mean, running_var, residual, config):
+        stride, padding, dilation, groups, use_batch_stats, eps, relu, _, group_name = config
+        params = _bn.BNParams(bn_weight, bn_bias, running_mean, running_var)
         y = F.conv2d(x, weight, None, stride, padding, dilation, groups)
-        if relu:  # threshold_backward's mask, as eager's ReLU backward reads it
-            grad_out = torch.ops.aten.threshold_backward(_bn.match_layout(grad_out, saved), saved, 0)
-        relu, residual = False, None
-    else:
-        y = saved
         residual = None if residual is None else _bn.match_layout(residual, y)
-    norm = _bn.saved_normalized(mean, invstd, params, y)
-    r = _bn.bn_act_backward(grad_out, y, params, norm, use_batch_stats, relu, residual, None, None, None, None,
-                            group_name, {"y": need_x or need_w, "weight": need_gamma, "bias": need_beta,
-                                         "residual": need_residual})
-    # d/d residual of relu(bn(y) + residual) is the masked gradient (needs_input_grad is False
-    # for a residual that was not given).
-    grad_residual = grad_out if recompute_conv and need_residual else r.grad_residual
-    grad_x = grad_w = None
-    if need_x or need_w:
-        grad_x, grad_w, _ = torch.ops.aten.convolution_backward(
-            r.grad_y, x, weight, None, stride, padding, dilation, False, [0, 0], groups, [need_x, need_w, False])
-    return (grad_x, grad_w, r.grad_weight, r.grad_bias, None, None, grad_residual) + (None,) * 10
+        r = _bn.bn_act_forward(prims, y, params, use_batch_stats, eps, relu, residual, group_name=group_name)
+        return r.out, r.norm.mean, r.norm.var_update, y, r.norm.invstd, r.norm.scale, r.norm.shift
+
+    @staticmethod
+    def forward(x, weight, bn_weight, bn_bias, running_mean, running_var, residual, config):
+        return ConvBnReluFunction.compute(backend.primitives(x.device), x, weight, bn_weight, bn_bias, running_mean,
+                                          running_var, residual, config)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        x, weight, bn_weight, bn_bias, _, _, residual, config = inputs
+        out, mean, _, y, invstd, scale, shift = output
+        relu, recompute_conv = config[6], config[7]
+        if recompute_conv:
+            # y is recomputed from x in backward; the ReLU mask is read off the output, which the
+            # next layer keeps anyway (the residual is not needed then either).
+            ctx.save_for_backward(x, weight, out if relu else None, bn_weight, bn_bias, None, mean, invstd, scale,
+                                  shift)
+        else:
+            ctx.save_for_backward(x, weight, y, bn_weight, bn_bias, residual, mean, invstd, scale, shift)
+        ctx.config = config
+        ctx.mark_non_differentiable(*output[1:])
+        ctx.set_materialize_grads(False)  # else backward gets a zero-filled gradient for y, y-sized
+
+    @staticmethod
+    def backward(ctx, grad_out, *_):
+        if grad_out is None:
+            return (None,) * 8
+        x, weight, saved, bn_weight, bn_bias, residual, mean, invstd, scale, shift = ctx.saved_tensors
+        stride, padding, dilation, groups, use_batch_stats, eps, relu, recompute_conv, group_name = ctx.config
+        need_x, need_w, need_gamma, need_beta = ctx.needs_input_grad[:4]
+        need_residual = ctx.needs_input_grad[6]
+        if _double_backward.wanted():
+            grads = _differentiable_backward(grad_out, x, weight, saved, bn_weight, bn_bias, residual, mean, invstd,
+                                             ctx.config, (need_x, need_w, need_gamma, need_beta, need_residual))
+            return grads[:4] + (None, None, grads[4], None)
+        params = _bn.BNParams(bn_weight, bn_bias, None, None)
+        if recompute_conv:
+            y = F.conv2d(x, weight, None, stride, padding, dilation, groups)
+            if relu:  # threshold_backward's mask, as eager's ReLU backward reads it
+                grad_out = torch.ops.aten.threshold_backward(_bn.match_layout(grad_out, saved), saved, 0)
+            relu, residual = False, None
+        else:
+            y = saved
+            residual = None if residual is None else _bn.match_layout(residual, y)
+        norm = _bn.Normalized(mean, invstd, None, scale, shift, _bn.count_of(y))
+        r = _bn.bn_act_backward(backend.primitives(y.device), grad_out, y, params, norm, use_batch_stats, relu,
+                                residual, None, None, None, group_name,
+                                {"y": need_x or need_w, "weight": need_gamma, "bias": need_beta,
+                                 "residual": need_residual})
+        # d/d residual of relu(bn(y) + residual) is the masked gradient (needs_input_grad is False
+        # for a residual that was not given).
+        grad_residual = grad_out if recompute_conv and need_residual else r.grad_residual
+        grad_x = grad_w = None
+        if need_x or need_w:
+            grad_x, grad_w, _ = torch.ops.aten.convolution_backward(
+                r.grad_y, x, weight, None, stride, padding, dilation, False, [0, 0], groups, [need_x, need_w, False])
+        return grad_x, grad_w, r.grad_weight, r.grad_bias, None, None, grad_residual, None
 
 
 def _differentiable_backward(grad_out, x, weight, saved, bn_weight, bn_bias, residual, mean, invstd, config,
                              needs):
     """Gradients for (x, weight, bn_weight, bn_bias, residual) from eager operations, for a
     gradient with create_graph=True."""
-    stride, padding, dilation, groups, use_batch_stats, _, relu, recompute_conv, group_name, eps = config
+    stride, padding, dilation, groups, use_batch_stats, eps, relu, recompute_conv, group_name = config
     _double_backward.require_supported(group_name)
     # With recompute_conv the residual was not saved: the ReLU mask comes off the saved
     # output, and the residual's gradient is the masked gradient.
@@ -146,9 +131,6 @@ def _differentiable_backward(grad_out, x, weight, saved, bn_weight, bn_bias, res
     if recompute_conv and needs[4]:
         grads = grads[:4] + (grad_out if mask is None else torch.where(mask, grad_out, 0),)
     return grads
-
-
-_call_op = _direct_call.register_autograd(conv_bn_relu_op, _forward, _setup_context, _backward)
 
 
 def conv_bn_relu(x: Tensor, weight: Tensor, bn_weight: Optional[Tensor], bn_bias: Optional[Tensor],
@@ -176,7 +158,7 @@ def conv_bn_relu(x: Tensor, weight: Tensor, bn_weight: Optional[Tensor], bn_bias
         _bn.check_activation("conv_bn_relu", "residual", residual)
     x, weight, residual = cast_for_conv(x, weight, residual)
     _bn.require(x.dtype == weight.dtype, lambda: f"conv_bn_relu: x is {x.dtype}, weight {weight.dtype}")
-    stride, padding, dilation = list(_pair(stride)), list(_pair(padding)), list(_pair(dilation))
+    stride, padding, dilation = tuple(_pair(stride)), tuple(_pair(padding)), tuple(_pair(dilation))
     out_h = (x.shape[2] + 2 * padding[0] - dilation[0] * (weight.shape[2] - 1) - 1) // stride[0] + 1
     out_w = (x.shape[3] + 2 * padding[1] - dilation[1] * (weight.shape[3] - 1) - 1) // stride[1] + 1
     out_size = torch.Size([x.shape[0], channels, out_h, out_w])
@@ -192,12 +174,14 @@ def conv_bn_relu(x: Tensor, weight: Tensor, bn_weight: Optional[Tensor], bn_bias
     # conv dtype, which gradients would inherit: fold for inference only.
     needs_grad = torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (x, weight, bn_weight, bn_bias, residual))
-    # Nor under a transform (the weight cache and oneDNN layouts: _direct_call.transform_active).
-    fold_bn = not use_batch_stats and not needs_grad and not _direct_call.transform_active()
+    # Nor under a transform (the weight cache and oneDNN layouts: _function.transform_active).
+    if not use_batch_stats and not needs_grad and not transform_active():
+        with autocast_disabled(x):
+            return folded_conv(x, weight, params, eps, stride, padding, dilation, groups, relu, residual)
+    config = (stride, padding, dilation, groups, use_batch_stats, eps, relu, recompute_conv, group_name)
     with autocast_disabled(x):
-        out, _, mean, _, var = _call_op(x, weight, bn_weight, bn_bias, running_mean, running_var, residual,
-                                        stride, padding, dilation, groups, use_batch_stats, fold_bn, eps, relu,
-                                        recompute_conv and not fold_bn, group_name)
+        out, mean, var, *_ = ConvBnReluFunction.call(x, weight, bn_weight, bn_bias, running_mean, running_var,
+                                                     residual, config)
     if training and running_mean is not None:
         _bn.update_running_stats(running_mean, running_var, num_batches_tracked, mean, var, momentum)
     return out
