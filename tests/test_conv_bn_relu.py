@@ -169,7 +169,7 @@ def test_recompute_conv_keeps_input_and_output_only(op_backend):
                                             training=True, residual=args["residual"], recompute_conv=recompute,
                                             **conv))
         return saved_bytes(call, exclude=(args["weight"], args["bn_weight"], args["bn_bias"]),
-                           keep=lambda t: t.numel() > t.shape[0])
+                           keep=lambda t: t.dim() == 4)  # activations, not per-channel or per-(n, c) vectors
 
     x_bytes, out_bytes = args["x"].numel() * 4, args["residual"].numel() * 4
     assert saved(True) == x_bytes + out_bytes

@@ -16,7 +16,7 @@ import torchvision.models.resnet as tv_resnet
 from model_utils import build_pair, make_input, rel_err
 from resnet_fast import ops
 from resnet_fast.models import ResNet, blocks
-from resnet_fast.ops import _direct_call, reference
+from resnet_fast.ops import reference
 from test_se_preact import tiny_pair
 
 D = torch.float64
@@ -83,14 +83,6 @@ def _gradgradcheck(case, training):
 @pytest.mark.parametrize("case", CASES)
 def test_gradgradcheck(op_backend, case, training):
     _gradgradcheck(case, training)
-
-
-@pytest.mark.parametrize("case", CASES)
-def test_gradgradcheck_through_dispatcher(case):
-    """The registered op's autograd (what torch.compile and tensor subclasses get) runs the
-    same backward: the same double backward."""
-    with _direct_call.through_dispatcher():
-        _gradgradcheck(case, training=True)
 
 
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])

@@ -51,7 +51,7 @@ def test_bn_finalize(dtype, c, n, affine):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("rows_dz,rows_dz_y,n", [(3, 3, 3), (0, 0, 0), (4, 0, 0), (2, 2, 0)])
-@pytest.mark.parametrize("use_batch_stats,with_weight", itertools.product([True, False], [True, False]))
+@pytest.mark.parametrize("use_batch_stats,with_weight", list(itertools.product([True, False], [True, False])))
 def test_bn_backward_finalize(dtype, rows_dz, rows_dz_y, n, use_batch_stats, with_weight):
     c = 7
     g = torch.Generator().manual_seed(rows_dz + 3 * rows_dz_y + n)

@@ -56,6 +56,7 @@ def _save(ctx, inputs, output, se_tensors=()):
                           id_invstd, id_scale, id_shift, *se_tensors, *output[11:])
     ctx.config = config
     ctx.mark_non_differentiable(*output[1:])
+    ctx.set_materialize_grads(False)  # no zero-filled gradients for the statistics
 
 
 def _backward(ctx, grad_out, needs, se_count=0):
@@ -129,6 +130,8 @@ class BnAddReluFunction(FusedFunction):
 
     @staticmethod
     def backward(ctx, grad_out, *_):
+        if grad_out is None:  # the output was not used
+            return (None,) * 11
         r = _backward(ctx, grad_out, _needs(ctx))
         return (r.grad_y, r.grad_weight, r.grad_bias, None, None, r.grad_residual, r.grad_res_weight,
                 r.grad_res_bias, None, None, None)
@@ -158,6 +161,8 @@ class SqueezeExciteFunction(FusedFunction):
 
     @staticmethod
     def backward(ctx, grad_out, *_):
+        if grad_out is None:  # the output was not used
+            return (None,) * 15
         r = _backward(ctx, grad_out, _needs(ctx), se_count=4)
         return (r.grad_y, r.grad_weight, r.grad_bias, None, None, r.grad_residual, r.grad_res_weight,
                 r.grad_res_bias, None, None, *r.grad_se, None)

@@ -192,26 +192,25 @@ def _as_matrix(w: Tensor, dtype) -> Tensor:
     return w.reshape(w.shape[0], w.shape[1]).to(dtype)
 
 
+def _linear(x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
+    w = _as_matrix(weight, x.dtype).t()
+    return x @ w if bias is None else torch.addmm(bias.to(x.dtype), x, w)
+
+
 def se_gate(squeeze: Tensor, se: SEParams):
-    """gate = sigmoid(fc2(relu(fc1(squeeze)))) on (N, C); returns (gate, hidden pre-ReLU)."""
-    dtype = squeeze.dtype
-    hidden = squeeze @ _as_matrix(se.fc1_weight, dtype).t()
-    if se.fc1_bias is not None:
-        hidden = hidden + se.fc1_bias.to(dtype)
-    logits = torch.relu(hidden) @ _as_matrix(se.fc2_weight, dtype).t()
-    if se.fc2_bias is not None:
-        logits = logits + se.fc2_bias.to(dtype)
-    return torch.sigmoid(logits), hidden
+    """gate = sigmoid(fc2(relu(fc1(squeeze)))) on (N, C); returns (gate, relu(fc1(squeeze)))."""
+    hidden = torch.relu(_linear(squeeze, se.fc1_weight, se.fc1_bias))
+    return torch.sigmoid(_linear(hidden, se.fc2_weight, se.fc2_bias)), hidden
 
 
 def se_gate_backward(dgate: Tensor, gate: Tensor, hidden: Tensor, squeeze: Tensor, se: SEParams):
-    """Gradients (d squeeze, d fc1_weight, d fc1_bias, d fc2_weight, d fc2_bias) of the SE MLP."""
+    """Gradients (d squeeze, d fc1_weight, d fc1_bias, d fc2_weight, d fc2_bias) of the SE MLP;
+    ``hidden`` is relu(fc1(squeeze)) as se_gate returned it."""
     dtype = squeeze.dtype
-    dlogits = dgate * gate * (1 - gate)
-    relu_hidden = torch.relu(hidden)
-    d_fc2_weight = (dlogits.t() @ relu_hidden).reshape(se.fc2_weight.shape).to(se.fc2_weight.dtype)
+    dlogits = torch.ops.aten.sigmoid_backward(dgate, gate)
+    d_fc2_weight = (dlogits.t() @ hidden).reshape(se.fc2_weight.shape).to(se.fc2_weight.dtype)
     d_fc2_bias = None if se.fc2_bias is None else dlogits.sum(0).to(se.fc2_bias.dtype)
-    dhidden = (dlogits @ _as_matrix(se.fc2_weight, dtype)) * (hidden > 0)
+    dhidden = torch.ops.aten.threshold_backward(dlogits @ _as_matrix(se.fc2_weight, dtype), hidden, 0)
     d_fc1_weight = (dhidden.t() @ squeeze).reshape(se.fc1_weight.shape).to(se.fc1_weight.dtype)
     d_fc1_bias = None if se.fc1_bias is None else dhidden.sum(0).to(se.fc1_bias.dtype)
     dsqueeze = dhidden @ _as_matrix(se.fc1_weight, dtype)
@@ -240,7 +239,7 @@ class SEState:
     sample_mean: Tensor  # (N, C) per-sample means of y
     squeeze: Tensor  # (N, C) mean_hw(bn(y))
     gate: Tensor  # (N, C)
-    hidden: Tensor  # (N, C_r) fc1 output before its ReLU
+    hidden: Tensor  # (N, C_r) relu(fc1(squeeze))
 
 
 def count_of(y: Tensor) -> int:

@@ -43,9 +43,12 @@ class BnReluFunction(FusedFunction):
         ctx.save_for_backward(x, weight, bias, mean, invstd, scale, shift)
         ctx.config = config
         ctx.mark_non_differentiable(*output[1:])
+        ctx.set_materialize_grads(False)  # no zero-filled gradients for the statistics
 
     @staticmethod
     def backward(ctx, grad_out, *_):
+        if grad_out is None:  # the output was not used
+            return (None,) * 6
         x, weight, bias, mean, invstd, scale, shift = ctx.saved_tensors
         use_batch_stats, eps, relu, group_name = ctx.config
         needs = ctx.needs_input_grad

@@ -51,9 +51,12 @@ class BnReluConvFunction(FusedFunction):
         ctx.save_for_backward(y, bn_weight, bn_bias, weight, mean, invstd, scale, shift)
         ctx.config = config
         ctx.mark_non_differentiable(*output[1:])
+        ctx.set_materialize_grads(False)  # no zero-filled gradients for the statistics
 
     @staticmethod
     def backward(ctx, grad_out, *_):
+        if grad_out is None:  # the output was not used
+            return (None,) * 7
         y, bn_weight, bn_bias, weight, mean, invstd, scale, shift = ctx.saved_tensors
         stride, padding, dilation, groups, use_batch_stats, eps, group_name = ctx.config
         need_y, need_gamma, need_beta = ctx.needs_input_grad[:3]
