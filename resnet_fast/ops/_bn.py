@@ -316,8 +316,7 @@ def cpu_fused(y: Tensor, se: Optional["SEParams"], group_name: str) -> bool:
     below (one pass fewer in backward with a plain residual), the per-channel algebra between
     them in C++ instead of ~30 small tensor ops. For the CPU backend on a non-empty y, without
     Squeeze-Excitation or SyncBN."""
-    return (se is None and not group_name and y.device.type == "cpu" and y.numel() > 0
-            and backend.resolve("scale_shift_act", y.device) == "cpu")
+    return False  # csrc/cpu/bn_act.cpp is removed (issue 19); this file is being rewritten
 
 
 def _cpu_forward(y, params, use_batch_stats, eps, relu, residual, res_params) -> "ForwardResult":

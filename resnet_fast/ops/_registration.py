@@ -1,9 +1,11 @@
 """Make the kernel primitives exist under torch.ops.resnet_fast, whatever was compiled.
 
-The compiled library (csrc/ops.cpp) defines their schemas with CPU and, when built
-with CUDA, CUDA kernels. Missing pieces are filled with the torch reference
-implementation: all of it when the library did not load, the CUDA key when it was
-built without CUDA. Fake implementations let torch.compile and opcheck trace them.
+The schemas are defined here, once, from ``primitives.SCHEMAS``, before the compiled
+library loads; the library (csrc/) only registers CPU and, when built with CUDA, CUDA
+kernels for them (TORCH_LIBRARY_IMPL). Missing kernels are filled with the torch
+reference implementation: the CPU and CUDA keys when the library did not load, the CUDA
+key when it was built without CUDA. Fake implementations let torch.compile and opcheck
+trace them.
 """
 from __future__ import annotations
 
@@ -39,55 +41,43 @@ def _fake_backward_apply(grad_out, y, scale, shift, residual, res_scale, res_shi
     return torch.empty_like(y), grad_res
 
 
-def _fake_bn_act_forward(y, weight, bias, running_mean, running_var, residual, res_weight, res_bias,
-                         res_running_mean, res_running_var, residual_bn, use_batch_stats, eps, relu):
-    stats = y.new_empty((y.shape[1],), dtype=acc_dtype(y.dtype))
-    res = [torch.empty_like(stats) if residual_bn else stats.new_empty((0,)) for _ in range(3)]
-    return (torch.empty_like(y), torch.empty_like(stats), torch.empty_like(stats), torch.empty_like(stats), *res)
+def _fake_bn_finalize(mean, var, weight, bias, eps, count, n):
+    c = var.shape[0]
+    table = (n, c) if n > 0 else (c,)
+    return var.new_empty((c,)), var.new_empty((c,)), var.new_empty(table), var.new_empty(table)
 
 
-def _fake_bn_act_backward(grad_out, y, weight, bias, mean, invstd, residual, res_weight, res_bias, res_mean,
-                          res_invstd, use_batch_stats, relu, needs):
-    def grad(wanted, like):
-        return torch.empty_like(like) if wanted and like is not None else y.new_empty((0,))
+def _fake_bn_backward_finalize(sum_dz, sum_dz_y, invstd, weight, count, n, use_batch_stats):
+    c = invstd.shape[0]
+    table = (n, c) if n > 0 else (c,)
+    return (invstd.new_empty((c,)), invstd.new_empty((c,)), invstd.new_empty(table), invstd.new_empty(table),
+            invstd.new_empty((c,)))
 
-    return (grad(needs[0], y), grad(needs[1], weight), grad(needs[2], bias),
-            grad(needs[3] and residual is not None, y), grad(needs[4] and res_mean is not None, res_weight),
-            grad(needs[5] and res_mean is not None, res_bias))
-
-
-# Ops of the compiled CPU library only (csrc/cpu/bn_act.cpp), used by ops/_bn.py's CPU path.
-_CPU_FUSED_FAKES = {
-    "bn_act_forward": _fake_bn_act_forward,
-    "bn_act_backward": _fake_bn_act_backward,
-}
 
 _FAKES = {
     "bn_stats": _fake_bn_stats,
     "scale_shift_act": _fake_scale_shift_act,
     "scale_shift_act_backward_reduce": _fake_backward_reduce,
     "scale_shift_act_backward_apply": _fake_backward_apply,
+    "bn_finalize": _fake_bn_finalize,
+    "bn_backward_finalize": _fake_bn_backward_finalize,
 }
 
 
 def register_primitives() -> None:
-    loaded = _extension.load()
-    if not loaded:
-        lib = torch.library.Library("resnet_fast", "DEF")
-        for name, schema in primitives.SCHEMAS.items():
-            lib.define(name + schema)
-            lib.impl(name, primitives.PRIMITIVES[name], "CompositeExplicitAutograd")
-        _libraries.append(lib)
-    elif not _extension.has_cuda_kernels():
-        lib = torch.library.Library("resnet_fast", "IMPL")
-        for name, fn in primitives.PRIMITIVES.items():
-            lib.impl(name, fn, "CUDA")
-        _libraries.append(lib)
+    """Schemas first (the compiled library only implements them), then the library, then the
+    reference for each dispatch key the library left without a kernel, then the fakes."""
+    lib = torch.library.Library("resnet_fast", "DEF")
+    for name, schema in primitives.SCHEMAS.items():
+        lib.define(name + schema)
+    _libraries.append(lib)
+    _extension.load()  # registers its CPU (and CUDA) kernels, if it loads
+    for name, fn in primitives.PRIMITIVES.items():
+        for key in ("CPU", "CUDA"):
+            if not torch._C._dispatch_has_kernel_for_dispatch_key(f"resnet_fast::{name}", key):
+                lib.impl(name, fn, key)
     for name, fake in _FAKES.items():
         torch.library.register_fake(f"resnet_fast::{name}", fake)
-    if loaded:
-        for name, fake in _CPU_FUSED_FAKES.items():
-            torch.library.register_fake(f"resnet_fast::{name}", fake)
 
 
 register_primitives()
