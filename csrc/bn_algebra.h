@@ -16,6 +16,7 @@
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
 
+#include <cmath>
 #include <cstdint>
 
 #if defined(__CUDACC__)
@@ -25,84 +26,33 @@
 #endif
 #define RF_INLINE RF_HOST_DEVICE inline
 
-#if !defined(__CUDA_ARCH__)
-#include <cmath>
-#endif
-
 namespace resnet_fast {
 namespace bn {
 
 // ----------------------------------------------------------------------------- one rounding each
-RF_INLINE float add(float a, float b) {
 #if defined(__CUDA_ARCH__)
-  return __fadd_rn(a, b);
+RF_INLINE float add(float a, float b) { return __fadd_rn(a, b); }
+RF_INLINE double add(double a, double b) { return __dadd_rn(a, b); }
+RF_INLINE float sub(float a, float b) { return __fsub_rn(a, b); }
+RF_INLINE double sub(double a, double b) { return __dsub_rn(a, b); }
+RF_INLINE float mul(float a, float b) { return __fmul_rn(a, b); }
+RF_INLINE double mul(double a, double b) { return __dmul_rn(a, b); }
+RF_INLINE float div(float a, float b) { return __fdiv_rn(a, b); }
+RF_INLINE double div(double a, double b) { return __ddiv_rn(a, b); }
+RF_INLINE float sqrt_rn(float a) { return __fsqrt_rn(a); }
+RF_INLINE double sqrt_rn(double a) { return __dsqrt_rn(a); }
 #else
-  return a + b;
+template <typename T>
+RF_INLINE T add(T a, T b) { return a + b; }
+template <typename T>
+RF_INLINE T sub(T a, T b) { return a - b; }
+template <typename T>
+RF_INLINE T mul(T a, T b) { return a * b; }
+template <typename T>
+RF_INLINE T div(T a, T b) { return a / b; }
+template <typename T>
+RF_INLINE T sqrt_rn(T a) { return std::sqrt(a); }  // IEEE: correctly rounded
 #endif
-}
-RF_INLINE double add(double a, double b) {
-#if defined(__CUDA_ARCH__)
-  return __dadd_rn(a, b);
-#else
-  return a + b;
-#endif
-}
-RF_INLINE float sub(float a, float b) {
-#if defined(__CUDA_ARCH__)
-  return __fsub_rn(a, b);
-#else
-  return a - b;
-#endif
-}
-RF_INLINE double sub(double a, double b) {
-#if defined(__CUDA_ARCH__)
-  return __dsub_rn(a, b);
-#else
-  return a - b;
-#endif
-}
-RF_INLINE float mul(float a, float b) {
-#if defined(__CUDA_ARCH__)
-  return __fmul_rn(a, b);
-#else
-  return a * b;
-#endif
-}
-RF_INLINE double mul(double a, double b) {
-#if defined(__CUDA_ARCH__)
-  return __dmul_rn(a, b);
-#else
-  return a * b;
-#endif
-}
-RF_INLINE float div(float a, float b) {
-#if defined(__CUDA_ARCH__)
-  return __fdiv_rn(a, b);
-#else
-  return a / b;
-#endif
-}
-RF_INLINE double div(double a, double b) {
-#if defined(__CUDA_ARCH__)
-  return __ddiv_rn(a, b);
-#else
-  return a / b;
-#endif
-}
-RF_INLINE float sqrt_rn(float a) {
-#if defined(__CUDA_ARCH__)
-  return __fsqrt_rn(a);
-#else
-  return std::sqrt(a);
-#endif
-}
-RF_INLINE double sqrt_rn(double a) {
-#if defined(__CUDA_ARCH__)
-  return __dsqrt_rn(a);
-#else
-  return std::sqrt(a);
-#endif
-}
 
 // ----------------------------------------------------------------------------- parameters
 // A BatchNorm weight or bias as the kernels read it: absent, or (C,) of any floating dtype
