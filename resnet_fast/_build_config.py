@@ -61,7 +61,8 @@ def extension_sources(root: str, with_cuda: bool | None = None):
     csrc = os.path.join(root, "csrc") if os.path.isdir(os.path.join(root, "csrc")) else root
     sources = [os.path.join(csrc, "ops.cpp")] + sorted(glob.glob(os.path.join(csrc, "cpu", "*.cpp")))
     # No contraction of a * b + c into a fused multiply-add: results round like torch's
-    # elementwise ops, and alike in every kernel build (csrc/cpu/kernels_avx512.cpp).
+    # elementwise ops, alike in every kernel build, and like the CUDA finalize kernels
+    # (csrc/bn_algebra.h).
     cxx_flags = ["-O3", "-fopenmp", "-ffp-contract=off"]
     kwargs = {"extra_compile_args": {"cxx": cxx_flags}, "extra_link_args": ["-fopenmp"]}
     if with_cuda:

@@ -17,6 +17,7 @@ import glob
 import hashlib
 import logging
 import os
+import platform
 import sys
 import warnings
 
@@ -24,11 +25,13 @@ import torch
 
 from . import _build_config
 
-OPS = ("bn_stats", "scale_shift_act", "scale_shift_act_backward_reduce", "scale_shift_act_backward_apply")
+# The primitives (schemas: resnet_fast/ops/primitives.py, defined before the library loads).
+OPS = ("bn_stats", "scale_shift_act", "scale_shift_act_backward_reduce", "scale_shift_act_backward_apply",
+       "bn_finalize", "bn_backward_finalize")
 
 # What happened while loading, for `python -m resnet_fast.info`. "cuda_kernels": whether the
-# compiled library registered CUDA kernels (read at load time, before resnet_fast.ops fills
-# missing dispatch keys with the torch reference).
+# compiled library registered CUDA kernels for every primitive (read at load time, before
+# resnet_fast.ops fills missing dispatch keys with the torch reference).
 status = {"loaded": False, "how": None, "error": None, "path": None, "cuda_kernels": False}
 
 
@@ -137,9 +140,14 @@ def _loaded() -> bool:
 
 
 def cpu_kernels() -> str | None:
-    """The instruction set of the C++ CPU kernels in use ("avx512", "avx2" or "generic"; None
-    without the compiled library). ``torch.ops.resnet_fast.cpu_use_kernels(name)`` switches it."""
-    return torch.ops.resnet_fast.cpu_kernels() if load() else None
+    """The instruction set of the C++ CPU kernels in use ("avx2" or "generic"; None without the
+    compiled library). csrc/cpu/common.cpp decides as torch does for its own kernels: the AVX2
+    build (x86-64 GCC builds have one) where torch's CPU capability is AVX2 or AVX512, which
+    ATEN_CPU_CAPABILITY can lower, else the generic one."""
+    if not load():
+        return None
+    x86 = platform.machine().lower() in ("x86_64", "amd64")
+    return "avx2" if x86 and torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512") else "generic"
 
 
 def has_cuda_kernels() -> bool:

@@ -3,8 +3,9 @@
 ``torch.ops.resnet_fast.<prim>`` on CPU tensors is compared with
 ``resnet_fast.ops.primitives.<prim>`` (plain torch on the same tensors) for odd and ResNet
 shapes, both memory formats, the four dtypes and every valid combination of the optional
-arguments; plus bn_stats accuracy at a large mean, determinism, the generic, AVX2 and AVX-512
-builds agreeing, opcheck, and errors that name the argument.
+arguments; plus bn_stats accuracy at a large mean, determinism, the generic and AVX2 builds
+agreeing, opcheck, and errors that name the argument. The finalize primitives (bn_finalize,
+bn_backward_finalize) are tested in test_finalize_primitives.py, except for opcheck here.
 
 Tolerances, and why:
 - Elementwise outputs (scale_shift_act, scale_shift_act_backward_apply). The kernels
@@ -337,48 +338,34 @@ def test_grouped_planes_match_single_planes(hw, dtype):
             assert torch.equal(channel_slice(got, c).reshape(-1), expected.reshape(-1)), (hw, dtype, c)
 
 
-# Every build against the generic one: the determinism shapes, wide NHWC rows with a vector tail
-# (16 lanes leave 6 of 1030 channels: the AVX-512 build's masked tail), all four dtypes.
+# The AVX2 build against the generic one: the determinism shapes, wide NHWC rows with a vector
+# tail, all four dtypes.
 BUILD_CASES = ([(shape, fmt, torch.float32) for shape in DETERMINISM_SHAPES for fmt in FORMATS]
                + [((2, 1030, 3, 5), torch.channels_last, torch.float32)]
                + [((2, 130, 5, 7), fmt, dtype) for fmt in FORMATS for dtype in DTYPES])
-# The kernel builds this CPU runs (csrc/cpu/common.cpp: up to torch's own capability); the
-# AVX2 / AVX-512 builds exist on x86-64 only.
-_LADDER = {"DEFAULT": ["generic"], "AVX2": ["generic", "avx2"], "AVX512": ["generic", "avx2", "avx512"]}
-USABLE_KERNELS = _LADDER.get(torch.backends.cpu.get_cpu_capability(), ["generic"]) if EXACT else ["generic"]
 
 
-def test_kernel_builds_agree():
-    """kernels_generic.cpp, kernels_avx2.cpp and, where the CPU has it, kernels_avx512.cpp give
-    the same results bit for bit (no FMA, the same summation order: NHWC lanes are channels, and
-    the AVX-512 build hands NCHW to the AVX2 one), so switching builds changes only the speed."""
-    default = OPS.cpu_kernels()
-    assert default == USABLE_KERNELS[-1]
-    try:
-        OPS.cpu_use_kernels("generic")
-        expected = {case: all_outputs(*case) for case in BUILD_CASES}
-        for isa in USABLE_KERNELS[1:]:
-            OPS.cpu_use_kernels(isa)
-            assert OPS.cpu_kernels() == isa
-            for case, tensors in expected.items():
-                assert all(torch.equal(a, b) for a, b in zip(tensors, all_outputs(*case))), (isa, case)
-    finally:
-        OPS.cpu_use_kernels(default)
-    with pytest.raises(RuntimeError, match=f"no 'sse9' kernels on this CPU; usable here: {', '.join(USABLE_KERNELS)}"):
-        OPS.cpu_use_kernels("sse9")
-    assert OPS.cpu_kernels() == default
-
-
-def test_kernels_follow_aten_cpu_capability():
-    """Without a choice, the build of torch's own capability: ATEN_CPU_CAPABILITY=default gives
-    the generic one (in a subprocess: the choice is made once per process)."""
+@pytest.mark.skipif(_extension.cpu_kernels() != "avx2", reason="only the generic build runs on this CPU")
+def test_kernel_builds_agree(tmp_path):
+    """kernels_generic.cpp and kernels_avx2.cpp give the same results bit for bit (no FMA, the
+    same summation order), so the build torch's CPU capability picks changes only the speed.
+    The build is chosen once per process: the generic one runs in a subprocess under
+    ATEN_CPU_CAPABILITY=default (torch's capability DEFAULT, for which csrc/cpu/common.cpp
+    picks the generic build), the AVX2 one here."""
     env = dict(os.environ, ATEN_CPU_CAPABILITY="default")
     package_parent = os.path.dirname(os.path.dirname(os.path.abspath(resnet_fast.__file__)))  # the same build
-    env["PYTHONPATH"] = os.pathsep.join([package_parent, env.get("PYTHONPATH", "")])
-    script = "import resnet_fast, torch; print(torch.ops.resnet_fast.cpu_kernels())"
-    out = subprocess.run([sys.executable, "-c", script], env=env, check=True, timeout=300, capture_output=True,
-                         text=True)
-    assert out.stdout.strip().splitlines()[-1] == "generic"
+    tests_dir = os.path.dirname(os.path.abspath(__file__))
+    env["PYTHONPATH"] = os.pathsep.join([package_parent, tests_dir, env.get("PYTHONPATH", "")])
+    out_file = str(tmp_path / "generic.pt")
+    script = ("import torch, test_cpu_primitives as t; from resnet_fast import _extension; "
+              "assert torch.backends.cpu.get_cpu_capability() == 'DEFAULT'; "
+              "assert _extension.cpu_kernels() == 'generic'; "
+              f"torch.save([t.all_outputs(*case) for case in t.BUILD_CASES], {out_file!r})")
+    subprocess.run([sys.executable, "-c", script], env=env, check=True, timeout=600)
+    generic = torch.load(out_file)
+    for case, expected in zip(BUILD_CASES, generic):
+        got = all_outputs(*case)
+        assert all(torch.equal(a, b) for a, b in zip(got, expected)), case
 
 
 # ----------------------------------------------------------------------------- edge cases and errors
@@ -446,6 +433,8 @@ def _opcheck_args(name, fmt):
         "scale_shift_act_backward_reduce": (grad_out, *pre, True, center, res_center),
         "scale_shift_act_backward_apply": (grad_out, *pre, True, k_nc[0], k_nc[1], k_c[0], center, k_c[1], k_c[2],
                                            k_c[3], res_center),
+        "bn_finalize": (center, k_c[0].abs(), k_c[1], k_c[2].half(), 1e-5, 50, 2),
+        "bn_backward_finalize": (k_nc[0], k_nc[1], k_c[0].abs(), k_c[1], 50, 2, True),
     }[name]
 
 

@@ -1,4 +1,4 @@
-"""The CUDA kernels of the four primitives (csrc/cuda) against their executable specification.
+"""The CUDA kernels of the primitives (csrc/cuda) against their executable specification.
 
 ``torch.ops.resnet_fast.<prim>`` on CUDA tensors is compared with
 ``resnet_fast.ops.primitives.<prim>`` (plain torch on the same tensors), for odd and
@@ -339,6 +339,8 @@ def _opcheck_samples():
                                             res_center),
         "scale_shift_act_backward_apply": (grad_out, y, scale, shift, residual, res_scale, res_shift, True, k_nc[0],
                                            k_nc[1], k_c[0], center, k_c[1], k_c[2], k_c[3], res_center),
+        "bn_finalize": (center, k_c[0].abs(), k_c[1], k_c[2].half(), 1e-5, 50, 2),
+        "bn_backward_finalize": (k_nc[0], k_nc[1], k_c[0].abs(), k_c[1], 50, 2, True),
     }
 
 
@@ -346,3 +348,40 @@ def _opcheck_samples():
 def test_opcheck(name):
     ops = _ops()
     torch.library.opcheck(getattr(ops, name).default, _opcheck_samples()[name])
+
+
+# ----------------------------------------------------------------------------- finalize
+def _on_cuda(args):
+    return tuple(t.cuda() if isinstance(t, torch.Tensor) else t for t in args)
+
+
+@pytest.mark.parametrize("n", [0, 5])
+@pytest.mark.parametrize("stat_dtype", [torch.float32, torch.float64])
+def test_finalize_kernels_equal_the_cpu_kernels(stat_dtype, n):
+    """bn_finalize / bn_backward_finalize: both devices evaluate csrc/bn_algebra.h with one
+    rounding per operation and add the rows of (N, C) sums in n order, so the CUDA kernels
+    give the C++ CPU kernels' bits (these are tested against the reference in
+    test_finalize_primitives.py). C = 300 spans several blocks of channels."""
+    ops = _ops()
+    c = 300
+    g = torch.Generator().manual_seed(0)
+    mean = torch.randn(c, generator=g, dtype=torch.float64).to(stat_dtype)
+    var = (torch.rand(c, generator=g, dtype=torch.float64) * 4).to(stat_dtype)
+    for param_dtype in (None, torch.float16, torch.bfloat16, torch.float32):
+        weight = bias = None
+        if param_dtype is not None:
+            weight = (torch.randn(c, generator=g) + 1).to(param_dtype)
+            bias = torch.randn(c, generator=g).to(param_dtype)
+        args = (mean, var, weight, bias, 1e-5, 1000, n)
+        cpu = ops.bn_finalize(*args)
+        for a, b in zip(cpu, ops.bn_finalize(*_on_cuda(args))):
+            assert b.is_cuda and torch.equal(a, b.cpu()), param_dtype
+        for rows in (None, 1, 64):
+            shape = (c,) if rows is None else (rows, c)
+            sum_dz = (torch.randn(shape, generator=g, dtype=torch.float64) * 10).to(stat_dtype)
+            sum_dz_y = (torch.randn(shape, generator=g, dtype=torch.float64) * 10).to(stat_dtype)
+            for use_batch_stats in (True, False):
+                args = (sum_dz, sum_dz_y, cpu[0], weight, 1000, n, use_batch_stats)
+                want = ops.bn_backward_finalize(*args)
+                for a, b in zip(want, ops.bn_backward_finalize(*_on_cuda(args))):
+                    assert b.is_cuda and torch.equal(a, b.cpu()), (param_dtype, rows, use_batch_stats)

@@ -4,12 +4,24 @@ import torch
 
 import resnet_fast  # noqa: F401  (registers the ops)
 from op_testing import bn_state
-from resnet_fast import ops
+from resnet_fast import _extension, ops
 from resnet_fast.models import Bottleneck, ResNet
+from resnet_fast.ops import primitives
 
 FUSED_OPS = ("conv_bn_relu", "bn_relu_conv", "bn_add_relu", "squeeze_excite", "bn_relu")
-PRIMITIVES = ("bn_stats", "scale_shift_act", "scale_shift_act_backward_reduce", "scale_shift_act_backward_apply",
-              "bn_finalize", "bn_backward_finalize")
+PRIMITIVES = tuple(primitives.PRIMITIVES)
+
+
+@pytest.mark.parametrize("name", PRIMITIVES)
+def test_primitive_schemas_are_declared_once_in_python(name):
+    """The schema is primitives.SCHEMAS's (the compiled library only implements it), and every
+    primitive has a CPU and a CUDA kernel: compiled, or the reference where none was built."""
+    op = getattr(torch.ops.resnet_fast, name).default
+    assert str(op._schema) == f"resnet_fast::{name}{primitives.SCHEMAS[name]}"
+    for key in ("CPU", "CUDA"):
+        assert torch._C._dispatch_has_kernel_for_dispatch_key(f"resnet_fast::{name}", key), key
+    if _extension.load():
+        assert name in _extension.OPS
 
 
 def _bn(c, dtype=torch.float32):

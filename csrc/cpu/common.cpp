@@ -3,7 +3,6 @@
 
 #include <ATen/Version.h>
 
-#include <atomic>
 #include <string>
 
 namespace resnet_fast::cpu {
@@ -95,42 +94,15 @@ void check_pre_activation(const ArgChecker& check, const PreActArgs& args) {
   check.per_channel("res_shift", args.res_shift);
 }
 
-namespace {
-
-// The builds this CPU runs, up to torch's choice for its own kernels (which honours
-// ATEN_CPU_CAPABILITY and the CPU's features); the last one is the default.
-const std::vector<const Kernels*>& usable_kernels() {
-  static const std::vector<const Kernels*> usable = [] {
-    const std::string capability = at::get_cpu_capability();
-    std::vector<const Kernels*> out{&kGenericKernels};
-    if ((capability == "AVX2" || capability == "AVX512") && kAvx2Kernels != nullptr) out.push_back(kAvx2Kernels);
-    if (capability == "AVX512" && kAvx512Kernels != nullptr) out.push_back(kAvx512Kernels);
-    return out;
-  }();
-  return usable;
-}
-
-std::atomic<const Kernels*> chosen_kernels{nullptr};  // set by cpu_use_kernels; nullptr: the default
-
-std::string cpu_kernels() { return kernels().isa; }
-
-void cpu_use_kernels(const std::string& isa) {
-  std::string names;
-  for (const Kernels* k : usable_kernels()) {
-    if (isa == k->isa) {
-      chosen_kernels.store(k, std::memory_order_relaxed);
-      return;
-    }
-    names += names.empty() ? k->isa : std::string(", ") + k->isa;
-  }
-  TORCH_CHECK(false, "resnet_fast::cpu_use_kernels: no '", isa, "' kernels on this CPU; usable here: ", names);
-}
-
-}  // namespace
-
+// Chosen once per process, as torch chooses its own kernels: at::get_cpu_capability()
+// honours ATEN_CPU_CAPABILITY and the CPU's features (an AVX512 capability implies AVX2).
 const Kernels& kernels() {
-  const Kernels* chosen = chosen_kernels.load(std::memory_order_relaxed);
-  return chosen != nullptr ? *chosen : *usable_kernels().back();
+  static const Kernels* const chosen = [] {
+    const std::string capability = at::get_cpu_capability();
+    const bool avx2 = capability == "AVX2" || capability == "AVX512";
+    return avx2 && kAvx2Kernels != nullptr ? kAvx2Kernels : &kGenericKernels;
+  }();
+  return *chosen;
 }
 
 std::vector<double> sum_over_n(const double* nc, int64_t N, int64_t C) {
@@ -149,13 +121,3 @@ void copy_from_double(const double* src, const Tensor& dst) {
 }
 
 }  // namespace resnet_fast::cpu
-
-TORCH_LIBRARY_FRAGMENT(resnet_fast, m) {
-  // The instruction set of the kernels in use ("avx512", "avx2" or "generic"), for
-  // `python -m resnet_fast.info` and the benchmark records.
-  m.def("cpu_kernels() -> str", &resnet_fast::cpu::cpu_kernels);
-  // Switches the process to another build this CPU runs (one of the names above). The builds
-  // give the same results bit for bit, so this only changes the speed: for A/B timing of the
-  // builds in one process.
-  m.def("cpu_use_kernels(str isa) -> ()", &resnet_fast::cpu::cpu_use_kernels);
-}

@@ -9,11 +9,14 @@
 // Either way the kernels vectorize along the contiguous dimension. With H*W == 1 both
 // layouts are the same bytes, and the NHWC loops (vectorized over C) are used.
 //
-// Files. Each primitive has an op file (<op>.cpp: checks, outputs, registration) and a kernel
-// header (<op>_kernel.h: the vector loops). The kernel headers are compiled three times, by
-// kernels_generic.cpp (the build's baseline ISA), kernels_avx2.cpp (x86-64 AVX2) and
-// kernels_avx512.cpp (AVX-512), and kernels() picks the set torch itself would use on this CPU
-// (ATEN_CPU_CAPABILITY included). All three give the same results bit for bit.
+// Files. Each activation primitive has an op file (<op>.cpp: checks, outputs, registration)
+// and a kernel header (<op>_kernel.h: the vector loops). The kernel headers are compiled
+// twice, by kernels_generic.cpp (the build's baseline ISA) and kernels_avx2.cpp (x86-64
+// AVX2), and kernels() picks, once per process, the set of torch's own CPU capability
+// (ATEN_CPU_CAPABILITY included): AVX2 where it is AVX2 or AVX512, else generic. Both give
+// the same results bit for bit. The per-channel finalize primitives (bn_finalize.cpp,
+// bn_backward_finalize.cpp) are plain loops over C on ../bn_algebra.h, shared with CUDA.
+// Outputs are plain at::empty / at::empty_like tensors from torch's allocator.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -119,15 +122,12 @@ struct Kernels {
   // grad_residual: nullptr when res_k_g is absent.
   void (*backward_apply)(const Geometry& g, const PreActArgs& args, const Tensor& grad_out, const ApplyArgs& coefs,
                          const Tensor& grad_y, const Tensor* grad_residual);
-  const char* isa;
 };
 
 extern const Kernels kGenericKernels;  // kernels_generic.cpp
 extern const Kernels* const kAvx2Kernels;  // kernels_avx2.cpp; nullptr where not built (non-x86)
-extern const Kernels* const kAvx512Kernels;  // kernels_avx512.cpp; likewise
 
-// The set in use: the one of torch's own capability (AVX512, AVX2), else generic, unless
-// torch.ops.resnet_fast.cpu_use_kernels chose another.
+// The set in use: AVX2 where torch's own capability is AVX2 or AVX512, else generic.
 const Kernels& kernels();
 
 // Batch statistics of a non-empty y (bn_stats.cpp): per-channel mean and biased variance (C,),

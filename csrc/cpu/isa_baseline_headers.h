@@ -1,7 +1,6 @@
-// The non-vector headers the kernel headers reach, included by kernels_avx2.cpp and
-// kernels_avx512.cpp before their `#pragma GCC target`: compiled under the baseline ISA, the
-// inline functions these define and other files share (c10, ATen, std) stay runnable on any
-// x86-64 (step 1 of the comment at the top of kernels_avx2.cpp).
+// The non-vector headers the kernel headers reach, included by kernels_avx2.cpp before its
+// `#pragma GCC target`: compiled under the baseline ISA, the inline functions these define
+// and other files share (c10, ATen, std) stay runnable on any x86-64 (step 1 of the comment at the top of kernels_avx2.cpp).
 #pragma once
 
 #include <ATen/AccumulateType.h>

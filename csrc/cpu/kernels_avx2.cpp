@@ -1,6 +1,5 @@
 // The kernel headers compiled for x86-64 AVX2 (+F16C), picked at run time by kernels() where
-// torch's own CPU capability is AVX2, and for NCHW activations where it is AVX512
-// (kernels_avx512.cpp).
+// torch's own CPU capability is AVX2 or AVX512.
 //
 // Why a pragma and not a compiler flag: setuptools compiles every source with the same flags,
 // and the extension must still load and run on CPUs without AVX2. So, as ATen does for its own
@@ -41,7 +40,7 @@
 namespace resnet_fast::cpu {
 namespace {
 const Kernels kAvx2Table = {&avx2::bn_stats_kernel, &avx2::scale_shift_act_kernel, &avx2::backward_reduce_kernel,
-                            &avx2::backward_apply_kernel, "avx2"};
+                            &avx2::backward_apply_kernel};
 }  // namespace
 const Kernels* const kAvx2Kernels = &kAvx2Table;
 }  // namespace resnet_fast::cpu

@@ -8,6 +8,6 @@
 namespace resnet_fast::cpu {
 
 const Kernels kGenericKernels = {&generic::bn_stats_kernel, &generic::scale_shift_act_kernel,
-                                 &generic::backward_reduce_kernel, &generic::backward_apply_kernel, "generic"};
+                                 &generic::backward_reduce_kernel, &generic::backward_apply_kernel};
 
 }  // namespace resnet_fast::cpu

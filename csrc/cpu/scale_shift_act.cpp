@@ -10,7 +10,6 @@
 // the (N, C) and (C,) coefficient tables are a few KiB and stay in cache. Math in acc
 // precision (float for half/bfloat16), rounded once on store. Kernel: scale_shift_act_kernel.h.
 #include "common.h"
-#include "output_cache.h"
 
 namespace resnet_fast::cpu {
 namespace {
@@ -20,7 +19,7 @@ Tensor scale_shift_act_cpu(const Tensor& y, const Tensor& scale, const Tensor& s
   const ArgChecker check("resnet_fast::scale_shift_act", y);
   const PreActArgs args{y, scale, shift, residual, res_scale, res_shift, relu};
   check_pre_activation(check, args);
-  Tensor out = empty_activation_like(y);  // y's strides, so its memory format
+  Tensor out = at::empty_like(y);  // y's strides (y is dense), so its memory format
   if (y.numel() > 0) kernels().scale_shift_act(check.geometry(), args, out);
   return out;
 }

@@ -1,6 +1,6 @@
 // Backward of scale_shift_act (CPU) in two passes over the activations: a reduction giving
-// the per-(n, c) sums that the BatchNorm / SE gradient algebra needs (resnet_fast/ops/_bn.py),
-// then an elementwise pass applying the coefficients computed from them on the host.
+// the per-(n, c) sums that the BatchNorm / SE gradient algebra needs (bn_backward_finalize
+// turns them into coefficients), then an elementwise pass applying those coefficients.
 //
 // Math. With z = y * scale[n,c] + shift[n,c] + R recomputed from y (nothing saved but y),
 //     g = grad_out * (z > 0)   (relu)     or     g = grad_out   (identity).
@@ -19,7 +19,6 @@
 // Sums are acc vectors over at most 4096 values (NCHW) or one block of rows (NHWC), merged
 // in double in a fixed order: deterministic. Kernels: scale_shift_act_kernel.h.
 #include "common.h"
-#include "output_cache.h"
 
 namespace resnet_fast::cpu {
 namespace {
@@ -74,8 +73,8 @@ std::tuple<Tensor, Tensor> scale_shift_act_backward_apply_cpu(
   for (const auto& [name, t] : res_coefs) check.per_channel(name, *t);
 
   const bool with_res = given(res_k_g);
-  Tensor grad_y = empty_activation_like(y);
-  Tensor grad_residual = with_res ? empty_activation_like(y) : at::empty({0}, y.options());
+  Tensor grad_y = at::empty_like(y);  // y's strides, so its memory format
+  Tensor grad_residual = with_res ? at::empty_like(y) : at::empty({0}, y.options());
   if (y.numel() > 0) {
     const ApplyArgs coefs{k_g, k_0, k_y, center, res_k_g, res_k_0, res_k_r, res_center};
     kernels().backward_apply(check.geometry(), args, grad_out, coefs, grad_y, with_res ? &grad_residual : nullptr);

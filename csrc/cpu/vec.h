@@ -1,7 +1,7 @@
 // Vector helpers and loop shapes shared by the kernel headers (<op>_kernel.h).
 //
-// Included only by kernels_generic.cpp / kernels_avx2.cpp / kernels_avx512.cpp, which choose the
-// instruction set and define RESNET_FAST_ISA (the namespace that keeps the builds' symbols apart).
+// Included only by kernels_generic.cpp / kernels_avx2.cpp, which choose the instruction set and
+// define RESNET_FAST_ISA (the namespace that keeps the builds' symbols apart).
 //
 // Determinism. Every reduction is cut into pieces whose boundaries depend only on the shape
 // (never on the number of threads), and partial results are merged in a fixed order, so

@@ -1,10 +1,11 @@
-"""Define the kernel primitives under torch.ops.resnet_fast, whatever was compiled.
+"""Make the kernel primitives exist under torch.ops.resnet_fast, whatever was compiled.
 
-The schemas are declared once, in ``primitives.SCHEMAS``, and defined here; the compiled
-library (csrc/) only implements them (``TORCH_LIBRARY_IMPL`` for the CPU and, when built
-with CUDA, the CUDA key). A key without a compiled kernel gets the torch reference
-implementation: every key when the library did not load, CUDA when it was built without
-CUDA kernels. Fake implementations let torch.compile and opcheck trace every primitive.
+The schemas are defined here, once, from ``primitives.SCHEMAS``, before the compiled
+library loads; the library (csrc/) only registers CPU and, when built with CUDA, CUDA
+kernels for them (TORCH_LIBRARY_IMPL). Missing kernels are filled with the torch
+reference implementation: the CPU and CUDA keys when the library did not load, the CUDA
+key when it was built without CUDA. Fake implementations let torch.compile and opcheck
+trace them.
 """
 from __future__ import annotations
 
@@ -40,20 +41,17 @@ def _fake_backward_apply(grad_out, y, scale, shift, residual, res_scale, res_shi
     return torch.empty_like(y), grad_res
 
 
-def _per_sample_shape(c: int, n: int) -> tuple[int, ...]:
-    return (n, c) if n > 0 else (c,)
-
-
 def _fake_bn_finalize(mean, var, weight, bias, eps, count, n):
-    c = mean.shape[0]
-    return (torch.empty_like(mean), torch.empty_like(mean), mean.new_empty(_per_sample_shape(c, n)),
-            mean.new_empty(_per_sample_shape(c, n)))
+    c = var.shape[0]
+    table = (n, c) if n > 0 else (c,)
+    return var.new_empty((c,)), var.new_empty((c,)), var.new_empty(table), var.new_empty(table)
 
 
 def _fake_bn_backward_finalize(sum_dz, sum_dz_y, invstd, weight, count, n, use_batch_stats):
     c = invstd.shape[0]
-    return (torch.empty_like(invstd), torch.empty_like(invstd), invstd.new_empty(_per_sample_shape(c, n)),
-            invstd.new_empty(_per_sample_shape(c, n)), torch.empty_like(invstd))
+    table = (n, c) if n > 0 else (c,)
+    return (invstd.new_empty((c,)), invstd.new_empty((c,)), invstd.new_empty(table), invstd.new_empty(table),
+            invstd.new_empty((c,)))
 
 
 _FAKES = {
@@ -66,30 +64,20 @@ _FAKES = {
 }
 
 
-def _has_schema(qualname: str) -> bool:
-    try:
-        torch._C._dispatch_find_schema_or_throw(qualname, "")
-    except RuntimeError:
-        return False
-    return True
-
-
 def register_primitives() -> None:
-    # The library first: its kernels register for names that may not be defined yet, which
-    # the dispatcher allows; the definitions below then give them their schemas.
-    loaded = _extension.load()
-    cuda_kernels = _extension.has_cuda_kernels()
-    definitions = torch.library.Library("resnet_fast", "FRAGMENT")
-    _libraries.append(definitions)
+    """Schemas first (the compiled library only implements them), then the library, then the
+    reference for each dispatch key the library left without a kernel, then the fakes."""
+    lib = torch.library.Library("resnet_fast", "DEF")
     for name, schema in primitives.SCHEMAS.items():
-        if not _has_schema(f"resnet_fast::{name}"):  # (a library built before the schemas moved here)
-            definitions.define(name + schema)
+        lib.define(name + schema)
+    _libraries.append(lib)
+    _extension.load()  # registers its CPU (and CUDA) kernels, if it loads
     for name, fn in primitives.PRIMITIVES.items():
-        qualname = f"resnet_fast::{name}"
-        for key, compiled in (("CPU", loaded), ("CUDA", cuda_kernels)):
-            if not (compiled and torch._C._dispatch_has_kernel_for_dispatch_key(qualname, key)):
-                definitions.impl(name, fn, key)
-        torch.library.register_fake(qualname, _FAKES[name])
+        for key in ("CPU", "CUDA"):
+            if not torch._C._dispatch_has_kernel_for_dispatch_key(f"resnet_fast::{name}", key):
+                lib.impl(name, fn, key)
+    for name, fake in _FAKES.items():
+        torch.library.register_fake(f"resnet_fast::{name}", fake)
 
 
 register_primitives()
