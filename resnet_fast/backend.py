@@ -18,10 +18,10 @@ per call, not a resolution.
 """
 from __future__ import annotations
 
+import collections
 import functools
 import json
 import os
-from types import SimpleNamespace
 
 import torch
 
@@ -32,7 +32,10 @@ BACKENDS = ("auto", "cpu", "cuda", "triton", "reference")
 _TABLE_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "backend_table.json")
 
 _selected = os.environ.get("RESNET_FAST_BACKEND", "auto")
-_tables: dict[tuple[str, int | None], SimpleNamespace] = {}  # (device type, index) -> primitives
+# One backend's callables, by primitive name (a namedtuple: Dynamo builds and reads it when the
+# first call after set_backend happens inside torch.compile).
+Primitives = collections.namedtuple("Primitives", list(_reference.PRIMITIVES))
+_tables: dict[tuple[str, int | None], Primitives] = {}  # (device type, index) -> primitives
 
 
 def set_backend(name: str) -> None:
@@ -141,15 +144,15 @@ def resolve(op: str, device: torch.device) -> str:
     return chosen
 
 
-def primitives(device: torch.device) -> SimpleNamespace:
+def primitives(device: torch.device) -> Primitives:
     """The primitives for tensors on ``device`` (attributes named as in ops/primitives.py), resolved
     at the first call after ``set_backend`` and kept: an error for an unusable choice is raised here."""
     key = (device.type, device.index)
     table = _tables.get(key)
     if table is None:
-        table = SimpleNamespace(**{op: _implementation(resolve(op, device), op) for op in _reference.PRIMITIVES})
+        table = Primitives(**{op: _implementation(resolve(op, device), op) for op in _reference.PRIMITIVES})
         _tables[key] = table
     return table
 
 
-REFERENCE = SimpleNamespace(**_reference.PRIMITIVES)  # plain torch: what forward-mode AD differentiates
+REFERENCE = Primitives(**_reference.PRIMITIVES)  # plain torch: what forward-mode AD differentiates

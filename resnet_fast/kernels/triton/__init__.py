@@ -1,8 +1,9 @@
 """Triton kernels of the primitives (same signatures and semantics as resnet_fast/ops/primitives.py).
 
-Each is registered as ``resnet_fast::triton_<name>`` (torch.library.triton_op, so
-torch.compile sees the kernels) and called through it on GPU; under the Triton
-interpreter (``TRITON_INTERPRET=1``, CPU tensors) the launchers run eagerly.
+Each is a launcher with the primitive's signature, which the backend table
+(resnet_fast/backend.py) calls in place of ``torch.ops.resnet_fast.<name>``: on a GPU
+through ``wrap_triton`` (torch.compile traces into the launch); under the Triton
+interpreter (``TRITON_INTERPRET=1``, CPU tensors) eagerly.
 """
 from .bn_finalize import bn_backward_finalize, bn_finalize
 from .bn_stats import bn_stats

@@ -22,7 +22,6 @@ Tensor = torch.Tensor
 # Read once, before any kernel is defined: @triton.jit makes interpreted kernels then.
 INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
-_triton_op = getattr(torch.library, "triton_op", None)  # torch >= 2.6
 _wrap_triton = getattr(torch.library, "wrap_triton", None)
 
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -38,22 +37,11 @@ def launch(kernel):
 
 
 def export(name: str, launcher: Callable) -> Callable:
-    """The public primitive for ``launcher``: the ``resnet_fast::triton_<name>`` triton_op on GPU, the
-    launcher itself under the interpreter (torch.compile and wrap_triton cannot trace interpreted kernels).
-    """
-    op = None
-    if _triton_op is not None:
-        op = _triton_op(f"resnet_fast::triton_{name}", mutates_args=())(launcher)
-
-    @functools.wraps(launcher)
-    def primitive(*args, **kwargs):
-        if op is None or INTERPRETED:
-            return launcher(*args, **kwargs)
-        return op(*args, **kwargs)
-
-    primitive.op = op  # the registered op (None on torch without triton_op), for opcheck
-    primitive.launcher = launcher
-    return primitive
+    """The public primitive ``name``: the launcher itself, with no op name of its own (the primitive's op
+    is ``resnet_fast::<name>``; the backend table calls this launcher in its place). Under torch.compile
+    Dynamo traces the launcher, and ``launch`` hands the kernel to it through wrap_triton."""
+    launcher.__name__ = name
+    return launcher
 
 
 # ----------------------------------------------------------------------------- configs
