@@ -123,3 +123,14 @@ def test_compile_fullgraph_whole_model(op_backend, build):
     expected.square().sum().backward()
     torch.testing.assert_close(model.conv1.weight.grad, eager_model.conv1.weight.grad)
     torch.testing.assert_close(model.layer4[-1].bn2.running_var, eager_model.layer4[-1].bn2.running_var)
+
+
+def test_export_eval_model(op_backend):
+    """torch.export of an eval model (the ops' Functions and primitives trace; BN folded under no_grad)."""
+    torch.manual_seed(0)
+    model = resnet_fast.resnet18(num_classes=5).eval()
+    x = torch.randn(2, 3, 32, 32)
+    expected = model(x)
+    torch.testing.assert_close(torch.export.export(model, (x,)).module()(x), expected)
+    with torch.no_grad():
+        torch.testing.assert_close(torch.export.export(model, (x,)).module()(x), expected, rtol=1e-5, atol=1e-5)
