@@ -6,12 +6,14 @@ zero-fills each 4 KiB page). This script measures that for whatever allocator th
 runs with, so the settings are compared one process each:
 
     python benchmarks/allocator_faults.py --label default
-    GLIBC_TUNABLES=glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=17179869184 \\
-        python benchmarks/allocator_faults.py --label glibc-tunables
+    GLIBC_TUNABLES=glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=68719476736 \\
+        python benchmarks/allocator_faults.py --label glibc-no-mmap
     LD_PRELOAD=/path/libjemalloc.so.2 MALLOC_CONF=oversize_threshold:1,background_thread:true,metadata_thp:auto \\
-        python benchmarks/allocator_faults.py --label jemalloc
+        python benchmarks/allocator_faults.py --label jemalloc-run_cpu
 
-(the last line is what ``python -m torch.backends.xeon.run_cpu --enable-jemalloc`` sets up).
+(the last line is what ``python -m torch.backends.xeon.run_cpu --enable-jemalloc`` sets up);
+``allocator_faults.sh`` runs every setting docs/performance.md compares.
+
 Prints one JSON line: minor page faults and seconds per step (median of the timed steps).
 
 Plain torchvision resnet50, fp32, channels_last, SGD: the allocator's effect on every tensor.

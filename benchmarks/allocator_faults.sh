@@ -12,5 +12,9 @@ run mmap+trim_threshold GLIBC_TUNABLES=glibc.malloc.mmap_threshold=33554432:glib
 run mmap_max=0+trim_threshold GLIBC_TUNABLES=glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=68719476736
 if [[ -n "${JEMALLOC:-}" ]]; then
     # What python -m torch.backends.xeon.run_cpu --enable-jemalloc sets.
-    run jemalloc LD_PRELOAD="$JEMALLOC" MALLOC_CONF=oversize_threshold:1,background_thread:true,metadata_thp:auto
+    run jemalloc-run_cpu LD_PRELOAD="$JEMALLOC" MALLOC_CONF=oversize_threshold:1,background_thread:true,metadata_thp:auto
+    # The same with purging of freed pages turned off (-1: never decay), as run_cpu once set it.
+    run jemalloc-no-decay LD_PRELOAD="$JEMALLOC" \
+        MALLOC_CONF=oversize_threshold:1,background_thread:true,metadata_thp:auto,dirty_decay_ms:-1,muzzy_decay_ms:-1
+    run jemalloc-defaults LD_PRELOAD="$JEMALLOC"   # jemalloc's own defaults, no MALLOC_CONF
 fi
