@@ -58,7 +58,7 @@ bench() {
     esac
 }
 
-# summarize: merge the phases' JSON -> results.json, summary.md, summary.png (then drop the parts).
+# summarize: merge the phases' JSON -> results.json, summary.md, summary-models.png, summary-ops.png (then drop the parts).
 summarize() {
     local parts=("$OUT"/parts/*.json)
     if [[ ! -e "${parts[0]}" ]]; then

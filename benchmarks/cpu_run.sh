@@ -4,7 +4,7 @@
 # CPU benchmarks from this checkout (no install): fp32, channels_last, RESNET_FAST_BENCH_THREADS
 # threads (default 2); op level then model level, eager and resnet_fast first, then
 # torch.compile (default mode; resnet50 only at model level), then the summary:
-# OUTDIR/run.log, results.json, summary.md, summary.png. Budget RESNET_FAST_BENCH_BUDGET_S
+# OUTDIR/run.log, results.json, summary.md, summary-{models,ops}.png. Budget RESNET_FAST_BENCH_BUDGET_S
 # (default 1500 s: the whole run takes about that on 2 cores).
 #
 # The C++ CPU kernels are compiled at first use (cached in ~/.cache/resnet_fast) unless

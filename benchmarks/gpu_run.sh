@@ -10,7 +10,7 @@
 #      benchmarks, op level then model level, eager and resnet_fast first, then torch.compile
 #      (resnet50 default, op-level default, resnet50 max-autotune-no-cudagraphs), each phase
 #      time-boxed so the whole script ends within RESNET_FAST_BENCH_BUDGET_S (default 570 s)
-#   5. python benchmarks/summarize.py -> OUTDIR/summary.md, summary.png, results.json
+#   5. python benchmarks/summarize.py -> OUTDIR/summary.md, summary-{models,ops}.png, results.json
 # Everything is logged to OUTDIR/run.log. Exit status: nonzero when the build, the tests, a
 # benchmark or the summary failed; whatever was produced is kept either way.
 #

@@ -1,9 +1,11 @@
-"""Turn pytest-benchmark JSON from benchmarks/ into a markdown table and a PNG bar plot.
+"""Turn pytest-benchmark JSON from benchmarks/ into a markdown table and two PNG plots.
 
     python benchmarks/summarize.py RESULTS.json [MORE.json ...] [--out benchmarks/results/NAME]
                                    [--merged ALL.json] [--interleaved interleaved-*.json ...]
 
-Writes NAME.md and NAME.png (default NAME: benchmarks/results/<first JSON's stem>). Several
+Writes NAME.md, NAME-models.png (img/s per model: eager, torch.compile, resnet_fast; training
+and inference) and NAME-ops.png (op x stage heatmap of speed-ups over eager), default NAME:
+benchmarks/results/<first JSON's stem>. Several
 JSON files (e.g. the phases of gpu_run.sh) are merged first; ``--merged`` also saves the
 merged JSON. Ratios compare rows of the same group (op, mode, shape / model, mode, batch):
 "vs eager" = eager median / row median (above 1 = faster than eager), "vs compile" = the
@@ -262,55 +264,139 @@ def markdown(data: dict, rows: list[dict], interleaved: list[dict] = ()) -> str:
     return "\n".join(out) + "\n"
 
 
-# ----------------------------------------------------------------------------- plot
-def plot(rows: list[dict], path: str, title: str) -> None:
+# ----------------------------------------------------------------------------- plots
+# Two pictures, each at most 1600 x 1000 px (16 x 10 in at 100 dpi), titled with device and date:
+# PREFIX-models.png (img/s per model, grouped bars) and PREFIX-ops.png (speed-up heatmap).
+DPI = 100
+STAGES = {"s1": "56x56", "s2": "28x28", "s3": "14x14", "s4": "7x7"}
+MODES = ["fwd", "bwd", "fwdbwd", "infer"]
+
+
+def device_label(data: dict) -> str:
+    """"AMD EPYC ... (2 threads), 2026-12-02": the device and the run's date, for plot titles."""
+    meta = data.get("resnet_fast", {})
+    name = meta.get("device_name", "?")
+    brand = data.get("machine_info", {}).get("cpu", {}).get("brand_raw")
+    if meta.get("device") == "cpu" and brand:
+        name = f"{brand} ({meta.get('threads', '?')} threads)"
+    return f"{name}, {str(data.get('datetime', '?'))[:10]}"
+
+
+def _pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    return plt
 
+
+def _is_plain_rf(contender: str) -> bool:
+    # rf_<backend> only: the cached / low-memory variants are in the markdown table, not the picture.
+    return contender.startswith("rf_") and contender.count("_") == 1
+
+
+def plot_models(rows: list[dict], path: str, where: str) -> bool:
+    """Grouped bars: img/s of eager, torch.compile and each resnet_fast backend, per model; training
+    and inference side by side. False if there are no model rows."""
     panels = []
-    for kind, label in (("model", "models"), ("op", "ops")):
-        groups = defaultdict(dict)
+    for mode, label in (("train", "training step"), ("infer", "inference")):
+        per_model = defaultdict(dict)
         for r in rows:
-            if r["kind"] == kind and r["contender"] not in ("eager", "copy") and r.get("vs_eager"):
-                groups[r["group"]][r["contender"]] = r["vs_eager"]
-        if groups:
-            panels.append((label, groups))
+            if r["kind"] != "model" or r["mode"] != mode:
+                continue
+            c = r["contender"]
+            name = "eager" if c == "eager" else "torch.compile" if c.startswith("compile") else (
+                f"resnet_fast ({c[3:]})" if _is_plain_rf(c) else None)
+            if name:
+                ips = r["images"] / r["median"]
+                per_model[r["model"]][name] = max(ips, per_model[r["model"]].get(name, 0.0))
+        if per_model:
+            panels.append((label, per_model))
     if not panels:
-        print("summarize: nothing to plot (no contender besides eager)", file=sys.stderr)
-        return
-    heights = [max(2.0, 0.32 * len(g) * max(1, len({c for v in g.values() for c in v})) ** 0.5 + 1)
-               for _, g in panels]
-    fig, axes = plt.subplots(len(panels), 1, figsize=(10, min(sum(heights), 60)),
-                             gridspec_kw={"height_ratios": heights}, squeeze=False)
-    for ax, (label, groups) in zip(axes[:, 0], panels):
-        contenders = sorted({c for v in groups.values() for c in v}, key=lambda c: _order({"contender": c}))
-        names = list(groups)
+        return False
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(panels), figsize=(15, 6.5), squeeze=False)
+    for ax, (label, per_model) in zip(axes[0], panels):
+        models = sorted(per_model)
+        contenders = sorted({c for v in per_model.values() for c in v},
+                            key=lambda c: (["eager", "torch.compile"].index(c) if c in ("eager", "torch.compile")
+                                           else 2, c))
         width = 0.8 / len(contenders)
         for i, contender in enumerate(contenders):
-            ys = [k + i * width for k in range(len(names))]
-            values = [groups[n].get(contender, float("nan")) for n in names]
-            # Bars grow from 1 (as fast as eager) to the speedup, left for slower, right for faster.
-            ax.barh(ys, [v - 1 for v in values], left=1, height=width, label=contender)
-        ax.axvline(1.0, color="black", linewidth=0.8)
-        ax.set_xscale("log", base=2)
-        ax.set_yticks([k + 0.4 - width / 2 for k in range(len(names))])
-        ax.set_yticklabels(names, fontsize=7)
-        ax.invert_yaxis()
-        ax.set_xlabel("speedup over eager (median time, higher is better)")
-        ax.set_title(f"{title}: {label}", fontsize=10)
-        ax.legend(fontsize=7, loc="lower right")
-        ax.grid(axis="x", alpha=0.3)
+            xs = [k - 0.4 + (i + 0.5) * width for k in range(len(models))]
+            values = [per_model[m].get(contender) for m in models]
+            bars = ax.bar([x for x, v in zip(xs, values) if v], [v for v in values if v], width, label=contender)
+            ax.bar_label(bars, fmt="%.1f", fontsize=7, padding=2)
+        ax.set_xticks(range(len(models)))
+        ax.set_xticklabels(models, fontsize=9, rotation=15)
+        ax.set_ylabel("images / s (higher is better)")
+        ax.set_title(label, fontsize=11)
+        ax.legend(fontsize=8)
+        ax.grid(axis="y", alpha=0.3)
+        ax.margins(y=0.12)
+    batch = next((r["images"] for r in rows if r["kind"] == "model"), "?")
+    fig.suptitle(f"Model throughput, batch {batch} (missing bar: not measured) - {where}", fontsize=12)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=DPI)
     plt.close(fig)
+    return True
+
+
+def plot_ops(rows: list[dict], path: str, where: str) -> bool:
+    """Heatmap per resnet_fast backend: op x mode rows, stage-shape columns, eager time / resnet_fast
+    time printed in each cell (above 1: faster than eager). False if there are no op rows."""
+    grids = defaultdict(dict)  # contender -> (op, mode) -> stage -> speed-up
+    for r in rows:
+        if r["kind"] == "op" and _is_plain_rf(r["contender"]) and r.get("vs_eager"):
+            grids[r["contender"]].setdefault((r["op"], r["mode"]), {})[r["stage"]] = r["vs_eager"]
+    if not grids:
+        return False
+    import math
+
+    plt = _pyplot()
+    from matplotlib.colors import LogNorm
+
+    n_rows = max(len(g) for g in grids.values())
+    fig, axes = plt.subplots(1, len(grids), figsize=(min(16, 1.5 + 5.5 * len(grids)), min(10, 1.6 + 0.36 * n_rows)),
+                             squeeze=False)
+    values = [v for g in grids.values() for cells in g.values() for v in cells.values()]
+    # Symmetric around 1 on a log scale (2x and 0.5x equally far), saturating at 4x so that one
+    # outlier does not wash out the rest; the printed values are exact.
+    span = min(4.0, max(2.0, max(values), 1 / min(values)))
+    norm = LogNorm(vmin=1 / span, vmax=span, clip=True)
+    for ax, (contender, grid) in zip(axes[0], sorted(grids.items())):
+        keys = sorted(grid, key=lambda k: (k[0], MODES.index(k[1]) if k[1] in MODES else 9, k[1]))
+        stages = sorted({s for cells in grid.values() for s in cells})
+        matrix = [[grid[k].get(s, math.nan) for s in stages] for k in keys]
+        image = ax.imshow(matrix, cmap="RdBu", norm=norm, aspect="auto")
+        for i, row in enumerate(matrix):
+            for j, v in enumerate(row):
+                if not math.isnan(v):
+                    dark = abs(math.log(v)) > 0.6 * math.log(span)  # white text on the deep colours
+                    ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=8,
+                            color="white" if dark else "black")
+        ax.set_xticks(range(len(stages)))
+        ax.set_xticklabels([STAGES.get(s, s) for s in stages], fontsize=9)
+        ax.set_yticks(range(len(keys)))
+        ax.set_yticklabels([f"{op} {mode}" for op, mode in keys], fontsize=8)
+        ax.set_xlabel("stage (H x W of the activation)")
+        ax.set_title(f"resnet_fast {contender[3:]} over eager", fontsize=10)
+        bar = fig.colorbar(image, ax=ax, label="speed-up (eager time / resnet_fast time)", shrink=0.8)
+        ticks = [t for t in (0.25, 0.5, 1.0, 2.0, 4.0) if 1 / span <= t <= span]
+        bar.set_ticks(ticks, labels=[f"{t:g}x" for t in ticks])
+        bar.minorticks_off()
+    batch = next((r["shape"][0] for r in rows if r["kind"] == "op"), "?")
+    fig.suptitle(f"Op speed-up, batch {batch} - {where}", fontsize=11)
+    fig.tight_layout()
+    fig.savefig(path, dpi=DPI)
+    plt.close(fig)
+    return True
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("results", nargs="+", help="pytest-benchmark JSON file(s) (--benchmark-json)")
-    parser.add_argument("--out", help="output prefix: writes PREFIX.md and PREFIX.png "
+    parser.add_argument("--out", help="output prefix: writes PREFIX.md, PREFIX-models.png and PREFIX-ops.png "
                                       "(default benchmarks/results/<first JSON's stem>)")
     parser.add_argument("--merged", help="also write the merged JSON here")
     parser.add_argument("--interleaved", nargs="*", default=[], help="JSON files of benchmarks/interleaved.py")
@@ -332,12 +418,15 @@ def main(argv=None) -> int:
             interleaved.append(json.load(f))
     with open(prefix + ".md", "w") as f:
         f.write(markdown(data, rows, interleaved))
-    meta = data.get("resnet_fast", {})
-    plot(rows, prefix + ".png", f"resnet_fast vs eager, {meta.get('device_name', '?')}")
+    written = [prefix + ".md"]
+    where = device_label(data)
+    for name, fn in (("-models.png", plot_models), ("-ops.png", plot_ops)):
+        if fn(rows, prefix + name, where):
+            written.append(prefix + name)
     if args.merged:
         with open(args.merged, "w") as f:
             json.dump(data, f, indent=1)
-    print(f"summarize: {len(rows)} rows -> {prefix}.md, {prefix}.png")
+    print(f"summarize: {len(rows)} rows -> {', '.join(written)}")
     return 0
 
 

@@ -75,8 +75,8 @@ def run(args) -> dict:
 
     settings = engine.Settings(args.amp, args.channels_last, ctx.main and not args.no_progress, args.print_freq)
     if ctx.main:
-        epoch_log = logs.JsonLines(os.path.join(output_dir, "metrics.jsonl"), before_epoch=start_epoch)
-        step_log = logs.JsonLines(os.path.join(output_dir, "steps.jsonl"), before_epoch=start_epoch)
+        epoch_log = logs.JsonLines(os.path.join(output_dir, "metrics.jsonl"), epochs_done=start_epoch)
+        step_log = logs.JsonLines(os.path.join(output_dir, "steps.jsonl"), epochs_done=start_epoch)
         print(f"{args.arch} on {args.data} ({len(spec.train)} train / {len(spec.val)} val images, "
               f"{spec.num_classes} classes, {spec.image_size}px) | {ctx.world} process(es) on {ctx.device} | "
               f"batch {args.batch_size}/process, lr {lr:g}, epochs {start_epoch + 1}-{args.epochs} | "
@@ -87,7 +87,7 @@ def run(args) -> dict:
     for epoch in range(start_epoch, args.epochs):
         record, step_records = engine.train_one_epoch(model, train_loader, criterion, optimizer, scheduler,
                                                       scaler, ctx, settings, epoch, args.epochs, steps_per_epoch)
-        record = {"epoch": epoch, **record, **engine.evaluate(model, val_loader, criterion, ctx, settings)}
+        record = {"epoch": epoch + 1, **record, **engine.evaluate(model, val_loader, criterion, ctx, settings)}
         rng = distributed.all_gather_objects(checkpoint.rng_state(ctx.device), ctx)
         if not ctx.main:
             continue
@@ -98,13 +98,28 @@ def run(args) -> dict:
         epoch_log.extend([record])
         step_log.extend(step_records)
         if args.plot:
-            logs.plot_curves(epoch_log.records, step_log.records, os.path.join(output_dir, "curves.png"))
+            logs.plot_curves(epoch_log.records, step_log.records, os.path.join(output_dir, "curves.png"),
+                             title=f"{args.arch} on {_data_name(args.data)}")
         print(f"epoch {epoch + 1}/{args.epochs}: train loss {record['train_loss']:.4f} acc "
               f"{100 * record['train_acc']:.2f}% | val loss {record['val_loss']:.4f} acc "
               f"{100 * record['val_acc']:.2f}% | {record['img_per_s']:.1f} img/s, "
               f"{record['train_time_s']:.1f} s", flush=True)
+    if ctx.main and epoch_log.records:
+        print(_closing_line(epoch_log.records, output_dir), flush=True)
     distributed.barrier(ctx)
     return record
+
+
+def _data_name(data_arg: str) -> str:
+    """"digits", "synthetic", or an image folder's name (for the curves' title)."""
+    kind = cli.data_kind(data_arg)
+    return kind if kind != "folder" else os.path.basename(os.path.normpath(data_arg))
+
+
+def _closing_line(records: list[dict], output_dir: str) -> str:
+    best = logs.best_epoch(records)
+    return (f"done: best val acc {100 * best['val_acc']:.2f}% at epoch {best['epoch']} (best.pt); "
+            f"checkpoints and logs in {os.path.abspath(output_dir)}")
 
 
 def _seed(seed: int) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 import copy
 
 import pytest
-import timm
 import torch
 import torchvision
 import torchvision.models.resnet as tv_resnet
@@ -112,10 +111,7 @@ def test_sync_batchnorm_model_converts():
 def test_already_fused_and_unsupported_models():
     model = resnet_fast.resnet18()
     assert resnet_fast.convert(model) is model
-    with pytest.raises(TypeError, match="load_state_dict"):
-        with torch.device("meta"):
-            resnet_fast.convert(timm.create_model("seresnet18"))
-    with pytest.raises(TypeError, match="contains no torchvision ResNet"):
+    with pytest.raises(TypeError, match="contains no torchvision ResNet.*no timm"):
         resnet_fast.convert(nn.Linear(2, 2))
     with pytest.raises(TypeError, match="expected an nn.Module"):
         resnet_fast.convert("resnet18")

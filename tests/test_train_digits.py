@@ -29,7 +29,9 @@ def test_one_short_digits_epoch_learns(tmp_path):
     elapsed = time.perf_counter() - start
     (record,) = read_jsonl(tmp_path / "metrics.jsonl")
     assert record["val_acc"] > 0.4, record
-    assert len(read_jsonl(tmp_path / "steps.jsonl")) == 1437 // 32
+    steps = read_jsonl(tmp_path / "steps.jsonl")
+    assert len(steps) == 1437 // 32
+    assert record["epoch"] == 1 and {s["epoch"] for s in steps} == {1}  # counted from 1, as the console
     assert (tmp_path / "curves.png").stat().st_size > 10_000
     assert {p.name for p in tmp_path.iterdir()} >= {"last.pt", "best.pt", "metrics.jsonl", "steps.jsonl"}
     print(f"1 digits epoch: val acc {record['val_acc']:.3f} in {elapsed:.0f} s")

@@ -9,7 +9,8 @@ import torch
 from torch import nn
 
 from resnet_fast.models import Bottleneck
-from resnet_fast.training import UsageError, checkpoint, data, optim
+from resnet_fast import train
+from resnet_fast.training import UsageError, checkpoint, data, logs, optim
 from resnet_fast.training.models import build_model, for_inference, load_weights
 
 
@@ -100,6 +101,33 @@ def test_load_foreign_file(tmp_path):
     torch.save(build_model("resnet18", num_classes=10).state_dict(), path)
     with pytest.raises(UsageError, match="not a resnet_fast training checkpoint"):
         checkpoint.load(str(path))
+
+
+@pytest.mark.parametrize("kind", ["text", "pickled-model"])
+def test_load_not_a_checkpoint_says_so_without_torch_advice(tmp_path, kind):
+    """A file that is no checkpoint gets its own one-line error, not torch's advice to load it with
+    weights_only=False (which would run the file's code)."""
+    path = tmp_path / "model.pt"
+    if kind == "text":
+        path.write_text("not a checkpoint\n")
+        expected = "not a checkpoint \\(not a file written by torch.save\\)"
+    else:
+        torch.save(nn.Linear(2, 2), path)  # a whole pickled module
+        expected = "not a resnet_fast training checkpoint \\(it holds Python objects"
+    with pytest.raises(UsageError, match=expected) as error:
+        checkpoint.load(str(path))
+    assert "weights_only" not in str(error.value) and "\n" not in str(error.value)
+
+
+def test_logs_count_epochs_from_one_and_resume_keeps_done_ones(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    log = logs.JsonLines(str(path))
+    log.extend([{"epoch": e, "val_acc": acc} for e, acc in ((1, 0.5), (2, 0.9), (3, 0.9))])
+    assert logs.best_epoch(log.records)["epoch"] == 2  # the first of equals, as best.pt keeps
+    resumed = logs.JsonLines(str(path), epochs_done=2)  # resuming after 2 epochs: epoch 3 runs again
+    assert [r["epoch"] for r in resumed.records] == [1, 2] == [r["epoch"] for r in logs.read_jsonl(str(path))]
+    line = train._closing_line(resumed.records, str(tmp_path))
+    assert line == f"done: best val acc 90.00% at epoch 2 (best.pt); checkpoints and logs in {tmp_path}"
 
 
 def test_mismatched_checkpoint(tmp_path):

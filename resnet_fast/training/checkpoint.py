@@ -13,6 +13,7 @@ A checkpoint is a dict (``torch.load(..., weights_only=True)`` reads it):
 from __future__ import annotations
 
 import os
+import pickle
 import random
 import shutil
 import tempfile
@@ -80,9 +81,21 @@ def load(path: str, what: str = "--resume") -> dict:
     """The checkpoint at ``path`` (on the CPU), or a UsageError saying why it cannot be one."""
     if not os.path.isfile(path):
         raise UsageError(f"{what} {path}: no such file")
+    # torch.save writes a zip archive; a file that does not start like one (a text file, a legacy
+    # pickle, an image) is not a checkpoint; a zip that does not read is a damaged one.
+    with open(path, "rb") as f:
+        magic = f.read(4)
+    if magic != b"PK\x03\x04":
+        raise UsageError(f"{what} {path}: not a checkpoint (not a file written by torch.save); "
+                         "give the last.pt or best.pt of a training run's --output-dir")
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # noqa: BLE001  (truncated zip, pickle error, disallowed global, ...)
+    except pickle.UnpicklingError:
+        # weights_only refused a Python object: a whole pickled model or other foreign file. torch's own
+        # message advises weights_only=False, which would run the file's code: not passed on.
+        raise UsageError(f"{what} {path}: not a resnet_fast training checkpoint (it holds Python objects "
+                         "that a checkpoint of resnet-fast-train does not)") from None
+    except Exception as error:  # noqa: BLE001  (truncated zip, missing record, ...)
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise UsageError(f"{what} {path}: not a readable checkpoint (corrupt or truncated?): {reason}") from None
     if not isinstance(checkpoint, dict) or "format" not in checkpoint:

@@ -78,7 +78,7 @@ def train_one_epoch(model: nn.Module, loader, criterion, optimizer, scheduler, s
         raise FloatingPointError(f"the training loss became {loss_sum / seen_sum} in epoch {epoch + 1}; "
                                  f"lower --lr or use --amp bf16 instead of fp16")
     first_step = scheduler.last_epoch - len(step_losses)
-    steps = [{"epoch": epoch, "step": first_step + i, "step_in_epoch": i, "loss": loss, "lr": lr}
+    steps = [{"epoch": epoch + 1, "step": first_step + i, "step_in_epoch": i, "loss": loss, "lr": lr}
              for i, (loss, lr) in enumerate(zip(step_losses, lrs))]
     summary = {"train_loss": loss_sum / seen_sum, "train_acc": correct_sum / seen_sum,
                "img_per_s": seen_sum / elapsed, "train_time_s": elapsed, "lr": lrs[-1]}
