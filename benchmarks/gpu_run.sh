@@ -25,7 +25,7 @@
 # Exit status: 0 all phases passed, 1 some phase failed, 3 no GPU (the preflight failed; the other
 # phases only checked that what they would run exists: the CPU dry run of tests/test_gpu_run.py).
 #
-# Environment: PYTHON (default python3), MAX_JOBS (default: all cores), RESNET_FAST_BENCH_BUDGET_S,
+# Environment: PYTHON (default python3), MAX_JOBS (default: all cores), RESNET_FAST_BENCH_BUDGET_S, PHASES,
 # RESNET_FAST_TEST_TIMEOUT_S (per test, default 120), RESNET_FAST_TEST_MAXFAIL (default 10), and the
 # RESNET_FAST_BENCH_* knobs of benchmarks/bench_config.py.
 set -u -o pipefail
@@ -33,7 +33,9 @@ set -u -o pipefail
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 BUDGET_S=${RESNET_FAST_BENCH_BUDGET_S:-470}
 RESERVE_S=20
-PHASES="models ops_stage ops_rest"  # the pytest benchmark phases (bench in _phases.sh)
+# Benchmark phases to run (default below); add "models_compile_max" (resnet50, max-autotune: minutes) or
+# "sanitizer" (compute-sanitizer memcheck on the CUDA primitive tests: minutes) when there is time.
+PHASES=${PHASES:-models ops_stage primitives ops_rest}
 source "$REPO/benchmarks/_phases.sh" "$@"
 
 export PYTHONUNBUFFERED=1
@@ -128,6 +130,7 @@ if (( HAVE_GPU && ! BUILD_OK )); then
 fi
 
 gpu_phase info 60 "$OUT/run.log" "resnet_fast/info.py" -- "$PY" -m resnet_fast.info || log "(resnet_fast.info failed)"
+gpu_phase env_report 60 "$OUT/run.log" "benchmarks/env_report.py" -- "$PY" benchmarks/env_report.py
 # `info --check` (the backends' self-check) is called only once resnet_fast.info has that flag.
 if (( HAVE_GPU )) && ! "$PY" -m resnet_fast.info --help 2>&1 | grep -q -- "--check"; then
     log "SKIP info_check: resnet_fast.info has no --check yet"
@@ -154,6 +157,7 @@ gpu_phase tests 150 "$OUT/tests.log" "${GPU_TESTS[*]}" -- \
 gpu_bench() {
     local name=$1 cap=$2 file=$3
     shift 3
+    case " $PHASES " in *" $name "*) ;; *) return 0 ;; esac
     if [[ ! -e "$REPO/$file" ]]; then
         log "FAIL $name: missing $file"
         FAILED=1
@@ -174,11 +178,20 @@ RESNET_FAST_BENCH_MODELS=resnet50 RESNET_FAST_BENCH_BACKENDS=cuda,triton RESNET_
     gpu_bench models 150 benchmarks/test_models.py -k "not compile_max and not low_memory"
 RESNET_FAST_BENCH_BACKENDS=cuda,triton RESNET_FAST_BENCH_COMPILE=0 \
     gpu_bench ops_stage 60 benchmarks/test_ops.py -k "s1"
-gpu_phase primitives 60 "$OUT/run.log" "benchmarks/primitive_bandwidth.py" -- \
-    "$PY" benchmarks/primitive_bandwidth.py "$OUT/primitive_bandwidth.json" --quick --no-compile \
-    --backend-table "$OUT/backend_table.json" || { FAILED=1; log "FAIL primitives"; }
+if [[ " $PHASES " == *" primitives "* ]]; then
+    gpu_phase primitives 60 "$OUT/run.log" "benchmarks/primitive_bandwidth.py" -- \
+        "$PY" benchmarks/primitive_bandwidth.py "$OUT/primitive_bandwidth.json" --quick --no-compile \
+        --backend-table "$OUT/backend_table.json" || { FAILED=1; log "FAIL primitives"; }
+fi
 RESNET_FAST_BENCH_BACKENDS=cuda,triton RESNET_FAST_BENCH_COMPILE=0 \
     gpu_bench ops_rest 120 benchmarks/test_ops.py -k "not s1"
+RESNET_FAST_BENCH_MODELS=resnet50 RESNET_FAST_BENCH_BACKENDS=cuda,triton \
+    gpu_bench models_compile_max 240 benchmarks/test_models.py -k "compile_max"
+if [[ " $PHASES " == *" sanitizer "* ]]; then
+    gpu_phase sanitizer 300 "$OUT/sanitizer.log" "tests/test_cuda_primitives.py" -- \
+        compute-sanitizer --tool memcheck --error-exitcode 1 \
+        "$PY" -m pytest tests/test_cuda_primitives.py -x -q -p no:cacheprovider || { FAILED=1; log "FAIL sanitizer"; }
+fi
 
 # ---------------------------------------------------------------------------- 8. summary
 RESERVE_S=0
