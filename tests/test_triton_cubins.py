@@ -140,11 +140,11 @@ def _compile_all(jobs) -> list[dict]:
             tensors_in, tensors_out = 2 + (flags["HAS_RES"] and (flags["RELU"] or flags["RES_SUM"])), 0
         elif kernel == "bn_stats_merge":
             args = (a, a, a, a, a, 256, c, hw, 7, 512)
-            constexprs = dict(BLOCK_N=tile.block_hw, BLOCK_C=tile.block_c, BLOCK_S=8)
+            constexprs = dict(BLOCK_N=tile.block_n, BLOCK_C=tile.block_c, BLOCK_S=8)
             tensors_in = tensors_out = 0
         else:  # ssa_bwd_reduce_merge
             args = (a, a, a, a, a, a, 256, c, 7)
-            constexprs = dict(BLOCK_N=tile.block_hw, BLOCK_C=tile.block_c, BLOCK_S=8)
+            constexprs = dict(BLOCK_N=tile.block_n, BLOCK_C=tile.block_c, BLOCK_S=8)
             tensors_in = tensors_out = 0
         name = f"{kernel}/{dtype_name}/{'nhwc' if channels_last else 'nchw'}/{flags}/C={c}/HW={hw}/{tuple(tile)}"
         entry = dict(name=name, kernel=kernel, arch=arch, channels_last=channels_last, tile=list(tile))

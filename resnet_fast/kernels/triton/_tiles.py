@@ -43,6 +43,11 @@ class Tile(NamedTuple):
     block_hw: int
     num_warps: int
 
+    @property
+    def block_n(self) -> int:
+        """BLOCK_N of a merge tile (samples per step; kept in block_hw's place)."""
+        return self.block_hw
+
 
 def table_key(kernel: str, dtype: torch.dtype, channels_last: bool, flags: dict, c: int, hw: int) -> str:
     """The table's key: every input of the choice, e.g. ``ssa_bwd_reduce_partial/float64/nhwc/HAS_RES=1,...

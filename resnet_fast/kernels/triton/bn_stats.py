@@ -165,7 +165,7 @@ def bn_stats_launcher(y: Tensor) -> tuple[Tensor, Tensor, Tensor]:
             BLOCK_C=tile.block_c, BLOCK_HW=tile.block_hw, num_warps=tile.num_warps)
         launch(_bn_stats_merge_kernel)[(triton.cdiv(c, merge.block_c),)](
             part_mean, part_m2, mean, var, sample_mean, n, c, h * w, splits, hw_per_split,
-            BLOCK_N=merge.block_hw, BLOCK_S=merge_block(splits), BLOCK_C=merge.block_c, num_warps=merge.num_warps)
+            BLOCK_N=merge.block_n, BLOCK_S=merge_block(splits), BLOCK_C=merge.block_c, num_warps=merge.num_warps)
     return mean, var, sample_mean
 
 

@@ -219,7 +219,7 @@ def scale_shift_act_backward_reduce_launcher(
             BLOCK_C=tile.block_c, BLOCK_HW=tile.block_hw, num_warps=tile.num_warps)
         launch(_ssa_bwd_reduce_merge_kernel)[(triton.cdiv(c, merge.block_c),)](
             parts[0], parts[1], part_gr, sum_g, sum_g_y, sum_g_res if res_center is not None else sum_g,
-            n, c, splits, RES_SUM=res_center is not None, BLOCK_N=merge.block_hw, BLOCK_S=merge_block(splits),
+            n, c, splits, RES_SUM=res_center is not None, BLOCK_N=merge.block_n, BLOCK_S=merge_block(splits),
             BLOCK_C=merge.block_c, num_warps=merge.num_warps)
     return sum_g, sum_g_y, sum_g_res
 
