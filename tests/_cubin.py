@@ -17,6 +17,7 @@ kernels cannot be compiled), e.g.::
 API:
     FakeTargetDriver(arch)      the CudaDriver subclass; ``activate(arch)`` makes one the active driver
     compile_kernel(...)         -> CubinReport for one (kernel, arguments, constexprs, num_warps, arch)
+    compile_configs(...)        -> [CubinReport] for every triton.Config of an Autotuner (or a config list)
     ptxas_usage(ptx, arch)      -> (registers, spill store bytes, spill load bytes, stack bytes) from ptxas -v
     global_access_bytes(ptx)    -> {bytes per access: count} of the ld.global / st.global instructions
 """
@@ -152,3 +153,17 @@ def compile_kernel(kernel, args: tuple, *, grid: tuple, arch: int, constexprs: d
     loads, stores = global_access_bytes(ptx)
     return CubinReport(name or kernel.__name__, arch, num_warps, registers, spill_st, spill_ld, stack,
                        int(compiled.metadata.shared), loads, stores)
+
+
+def compile_configs(kernel, args: tuple, *, grid: tuple, arch: int, constexprs: dict | None = None,
+                    configs=None, name: str = "") -> list[CubinReport]:
+    """compile_kernel for every config of ``kernel`` (a triton.autotune Autotuner: its ``.configs`` on its
+    ``.fn``) or of ``configs`` (triton.Config objects) with a plain jit function."""
+    fn = getattr(kernel, "fn", kernel)
+    reports = []
+    for config in (configs if configs is not None else kernel.configs):
+        label = ",".join(f"{k}={v}" for k, v in config.kwargs.items())
+        reports.append(compile_kernel(fn, args, grid=grid, arch=arch, constexprs={**(constexprs or {}), **config.kwargs},
+                                      num_warps=config.num_warps, num_stages=config.num_stages,
+                                      name=f"{name or fn.__name__}[{label}]"))
+    return reports
