@@ -132,7 +132,9 @@ fi
 gpu_phase info 60 "$OUT/run.log" "resnet_fast/info.py" -- "$PY" -m resnet_fast.info || log "(resnet_fast.info failed)"
 gpu_phase env_report 60 "$OUT/run.log" "benchmarks/env_report.py" -- "$PY" benchmarks/env_report.py
 # `info --check` (the backends' self-check) is called only once resnet_fast.info has that flag.
-if (( HAVE_GPU )) && ! "$PY" -m resnet_fast.info --help 2>&1 | grep -q -- "--check"; then
+INFO_HELP=""
+(( HAVE_GPU )) && INFO_HELP=$("$PY" -m resnet_fast.info --help 2>&1 || true)
+if (( HAVE_GPU )) && [[ "$INFO_HELP" != *--check* ]]; then
     log "SKIP info_check: resnet_fast.info has no --check yet"
     status info_check absent 0 0
 else
@@ -148,7 +150,7 @@ else
     log "pytest-timeout is not installed: no per-test timeout (the phase limit still holds)"
 fi
 gpu_phase tests 150 "$OUT/tests.log" "${GPU_TESTS[*]}" -- \
-    "$PY" -m pytest "${GPU_TESTS[@]}" -q -p no:cacheprovider -rfE --maxfail "$MAXFAIL" "${TIMEOUT_ARGS[@]}" \
+    "$PY" -m pytest "${GPU_TESTS[@]}" -q -p no:cacheprovider -rfE --maxfail "$MAXFAIL" ${TIMEOUT_ARGS[@]+"${TIMEOUT_ARGS[@]}"} \
     --junitxml "$OUT/tests.xml" \
     || { FAILED=1; log "FAIL tests (see tests.log)"; }
 
