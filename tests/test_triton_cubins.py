@@ -12,7 +12,7 @@ What is compiled (``plan()``), to keep CI near a minute on two cores:
   * every entry of a shipped tile_table.json, if there is one.
 Left out: the intermediate flag combinations (e.g. a residual without its affine), the smaller tiles of
 the 2-byte dtypes and on sm_80, the flags-off variants on sm_80. ``RESNET_FAST_CUBIN_ALL=1`` compiles all
-of them (1,172 distinct compiles); NOTES.md beside the kernels says what such a run found.
+of them (1,516 distinct compiles); NOTES.md beside the kernels says what such a run found.
 
 Checks: no compile error, no spill (ptxas -v), and on channels_last paths at least as many 16-byte
 ld.global / st.global instructions as one tile's activation traffic needs (a narrower load would need
@@ -49,7 +49,7 @@ MERGE_FLAGS = {"bn_stats_merge": [{}], "ssa_bwd_reduce_merge": [dict(RES_SUM=0),
 # (C, H*W) of each tile the rule picks: channels_last BLOCK_C follows C, NCHW BLOCK_HW follows H*W.
 SHAPES = {
     True: [(2048, 49), (64, 3136), (32, 3136), (128, 784)],  # largest BLOCK_C first
-    False: [(64, 3136), (256, 196), (512, 49), (128, 784), (64, 112 * 112)],
+    False: [(64, 3136), (256, 196), (512, 49), (128, 784), (64, 112 * 112), (96, 400), (96, 100)],
 }
 
 

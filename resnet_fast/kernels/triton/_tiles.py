@@ -10,12 +10,16 @@ architecture (NOTES.md beside this file says what else they depend on). Timing h
 ``table_key``) replaces the rule's choice for that exact key, and is itself fixed once shipped.
 
 The rule (sizes from the sm_80/sm_90 cubins of tests/test_triton_cubins.py, NOTES.md):
-  elementwise  channels_last: BLOCK_C = next_pow2(C) in [32, 256], 2048-element tiles (1024 for fp64),
-               4 warps: 16 (8) elements per thread, 16-byte accesses along c.
+  elementwise  channels_last: BLOCK_C = next_pow2(C) in [32, 256], at most 32 rows, 2048-element tiles
+               (512 for fp64), 4 warps: <= 16 (4) elements per thread, 16-byte accesses along c.
                NCHW: BLOCK_HW = next_pow2(H*W) in [64, 1024], 1024-element tiles, 4 warps.
-  reduce       stage 1 keeps (2 or 3 accumulators) x its tile in registers: 16 elements per thread
-               (64 x 32 channels_last, 1024-element NCHW tiles), halved for fp64 (8 bytes per value):
-               the fp64 channels_last backward reduce spilled 264-552 bytes at 64 x 32 on sm_90.
+  reduce       stage 1 keeps (2 or 3 accumulators) x its tile in registers: channels_last 64 x 32
+               (16 per thread), 64 x 16 for fp64 (the fp64 backward reduce spilled 264-552 bytes at
+               64 x 32 on sm_90); NCHW BLOCK_HW = next_pow2(H*W) in [64, 256], 1024-element tiles
+               (512 for 2-byte dtypes, 256 for fp64).
+               The smaller fp64 / 2-byte / 32-channel tiles also avoid the 4-8-byte ptxas spills that
+               the full cubin sweep (RESNET_FAST_CUBIN_ALL=1) found at 48-80 registers with the larger
+               ones (NOTES.md).
   merge        16 samples x 32 channels x up to 8 splits per step, 4 warps; 4 samples for fp64 (8 spilled
                24-72 bytes in the bn_stats merge).
 """
@@ -74,13 +78,13 @@ def _pow2_clamp(x: int, lo: int, hi: int) -> int:
 def rule(kernel: str, dtype: torch.dtype, channels_last: bool, flags: dict, c: int, hw: int) -> Tile:
     """The rule's tile for a kernel (see the module docstring); tiny tiles under the interpreter, so that the
     test shapes still have several blocks, masked tails and multi-split merges."""
-    wide = dtype == torch.float64  # 8-byte values (and fp64 accumulators): half the elements per thread
+    wide = dtype == torch.float64  # 8-byte values (and fp64 accumulators): fewer elements per thread
     if kernel in ELEMENTWISE_KERNELS:
         if INTERPRETED:
             return Tile(8, 8, 1)
         if channels_last:
             block_c = _pow2_clamp(c, 32, 256)
-            return Tile(block_c, max(1, (1024 if wide else 2048) // block_c), 4)
+            return Tile(block_c, min(32, max(1, (512 if wide else 2048) // block_c)), 4)
         block_hw = _pow2_clamp(hw, 64, 1024)
         return Tile(max(1, 1024 // block_hw), block_hw, 4)
     if kernel in REDUCE_KERNELS:
@@ -89,7 +93,7 @@ def rule(kernel: str, dtype: torch.dtype, channels_last: bool, flags: dict, c: i
         if channels_last:
             return Tile(64, 16 if wide else 32, 4)
         block_hw = _pow2_clamp(hw, 64, 256)
-        return Tile(max(1, (512 if wide else 1024) // block_hw), block_hw, 4)
+        return Tile(max(1, (256 if wide else 512 if dtype.itemsize == 2 else 1024) // block_hw), block_hw, 4)
     if kernel in MERGE_KERNELS:
         if INTERPRETED:
             return Tile(4, 2, 1)
