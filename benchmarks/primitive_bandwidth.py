@@ -105,6 +105,25 @@ def main() -> int:
     dtype = torch.bfloat16
     compiled = {}
     results = []
+    summary = {
+        "device": torch.cuda.get_device_name(),
+        "torch": torch.__version__,
+        "triton": triton.__version__,
+        "python": platform.python_version(),
+        "dtype": str(dtype),
+        "memory_format": "channels_last",
+        "batch": args.batch,
+        "bytes": "every tensor argument read once plus every output written once",
+        "timing": "triton.testing.do_bench, median, L2 flushed between runs",
+        "complete": False,
+        "results": results,
+    }
+
+    def save() -> None:  # after every row: a run cut short by a time limit keeps what it measured
+        with open(args.output + ".tmp", "w") as f:
+            json.dump(summary, f, indent=2)
+        os.replace(args.output + ".tmp", args.output)
+
     labels = backends + ["eager"] + ([] if args.no_compile else ["compile"])
     print(f"{'shape':>22} {'primitive':<34} {'MB':>8} " + " ".join(f"{label + ' GB/s':>13}" for label in labels)
           + f" {'copy GB/s':>10} {'best/copy':>9}")
@@ -131,26 +150,15 @@ def main() -> int:
                 ms = bench(lambda: compiled[op](*call_args))
                 row["compile_ms"], row["compile_GBps"] = ms, nbytes / ms / 1e6
             results.append(row)
+            save()
             best = max(row[f"{label}_GBps"] for label in backends)
             print(f"{str(shape):>22} {name:<34} {nbytes / 1e6:8.1f} "
                   + " ".join(f"{row[label + '_GBps']:13.0f}" for label in labels)
                   + f" {copy_gbps:10.0f} {best / copy_gbps:9.2f}")
         del all_cases, y
 
-    summary = {
-        "device": torch.cuda.get_device_name(),
-        "torch": torch.__version__,
-        "triton": triton.__version__,
-        "python": platform.python_version(),
-        "dtype": str(dtype),
-        "memory_format": "channels_last",
-        "batch": args.batch,
-        "bytes": "every tensor argument read once plus every output written once",
-        "timing": "triton.testing.do_bench, median, L2 flushed between runs",
-        "results": results,
-    }
-    with open(args.output, "w") as f:
-        json.dump(summary, f, indent=2)
+    summary["complete"] = True
+    save()
     print(f"wrote {args.output}")
     if args.backend_table:
         write_backend_table(args.backend_table, summary, backends)

@@ -27,3 +27,21 @@ def op_backend(request):
     """Run the test once per backend usable for CPU tensors, restoring the selection after."""
     with selected_backend(request.param) as name:
         yield name
+
+
+# Test files that run the Triton kernels through the interpreter when there is no GPU.
+INTERPRETER_TEST_FILES = {"test_triton_primitives.py", "test_triton_ops.py"}
+
+
+def pytest_collection_modifyitems(config, items):
+    """Skip the interpreter tests, with the reason, where the installed Triton and numpy cannot run them."""
+    if torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET", "0") in ("", "0"):
+        return
+    from _triton_compat import installed_problem
+
+    problem = installed_problem()
+    if problem is None:
+        return
+    for item in items:
+        if os.path.basename(str(item.fspath)) in INTERPRETER_TEST_FILES:
+            item.add_marker(pytest.mark.skip(reason=problem))

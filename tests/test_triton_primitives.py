@@ -287,3 +287,42 @@ def test_triton_primitives_have_no_op_names_of_their_own():
     y = make(SHAPES[2], torch.bfloat16, "nhwc")
     for got, want in zip(kernels.bn_stats(y), reference.bn_stats(y)):
         assert_same(got, want, SUM_TOL)
+
+
+# ----------------------------------------------------------------------------- determinism and devices
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_reductions_bitwise_reproducible(layout):
+    """Fixed tiles and splits (no autotuning): two calls give the same bits."""
+    shape = SHAPES[2]
+    fwd = inputs(shape, torch.float32, layout, "affine")
+    first = kernels.bn_stats(fwd[0])
+    second = kernels.bn_stats(fwd[0])
+    for a, b in zip(first, second):
+        assert torch.equal(a, b)
+    dout = make(shape, torch.float32, layout, seed=5)
+    center = first[0]
+    args = (dout, *fwd, True, center, center)
+    for a, b in zip(kernels.scale_shift_act_backward_reduce(*args), kernels.scale_shift_act_backward_reduce(*args)):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA devices")
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_tensors_on_another_device_than_the_current_one(layout):
+    """Launches run on the tensors' device (cuda:1) while cuda:0 is current, and leave cuda:0 current."""
+    shape = (4, 64, 14, 14)
+    with torch.cuda.device(0):
+        y, scale, shift, res, res_scale, res_shift = (
+            t.to("cuda:1") if t is not None else None for t in inputs(shape, torch.float32, layout, "affine"))
+        fwd = (y, scale, shift, res, res_scale, res_shift)
+        for got, want in zip(kernels.bn_stats(y), reference.bn_stats(y)):
+            assert got.device == y.device
+            assert_same(got, want, SUM_TOL)
+        assert_same(kernels.scale_shift_act(*fwd, True), reference.scale_shift_act(*fwd, True), OUT_TOL[torch.float32])
+        dout = make(shape, torch.float32, layout, seed=5).to("cuda:1")
+        center = y.mean(dim=(0, 2, 3))
+        args = (dout, *fwd, True, center, None)
+        for got, want in zip(kernels.scale_shift_act_backward_reduce(*args),
+                             reference.scale_shift_act_backward_reduce(*args)):
+            assert_same(got, want, SUM_TOL)
+        assert torch.cuda.current_device() == 0

@@ -143,7 +143,7 @@ __global__ void __launch_bounds__(kFinalizeThreads)
       M sample{0, 0, 0};
       for (int s = 0; s < S; ++s) {
         const int64_t p = (n * S + s) * C + c;
-        chan_merge(sample, M{std::min(L, HW - s * L), part_mean[p], part_m2[p]});
+        chan_merge(sample, M{segment_count(HW, L, s), part_mean[p], part_m2[p]});
       }
       sample_mean[n * C + c] = sample.mean;
       chan_merge(total, sample);
@@ -180,8 +180,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_stats_cuda(const at::Tensor& y
     acc_t* part_m2 = part_mean + part_size;
     with_vec<scalar_t>(plan.vec, [&](auto v) {
       for_each_chunk(info, [&](int64_t n0, int64_t n_chunk) {
-        const int64_t part_at = n0 * plan.S * info.C;
-        const BnStatsOp<scalar_t, decltype(v)::value> op{y_p + n0 * info.C * info.HW, part_mean + part_at,
+        const int64_t part_at = partial_offset(info, plan.S, n0);
+        const BnStatsOp<scalar_t, decltype(v)::value> op{sample_ptr(y_p, n0, info), part_mean + part_at,
                                                          part_m2 + part_at};
         launch_reduce(op, plan, info, n_chunk, stream);
       });

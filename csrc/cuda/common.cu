@@ -83,42 +83,6 @@ int sm_count() {
   return count;
 }
 
-// Work split of a per-(n, c) reduction. Enough units to fill every SM (a wave of warps at
-// full occupancy for NCHW, 8 blocks per SM for NHWC), splitting planes into segments only
-// when the batch alone does not, and never below two batches of loads per thread.
-ReducePlan plan_reduce(const ActivationInfo& info, int vec, int unroll, int row_unroll, bool aligned, int sms) {
-  ReducePlan p{};
-  p.layout = info.layout;
-  const int64_t N = info.N, C = info.C, HW = info.HW;
-  int64_t S = 1;
-  if (info.layout == Layout::NCHW) {
-    p.vec = aligned && vec > 1 && HW % vec == 0;  // then every plane starts 16-byte aligned
-    const int64_t V = p.vec ? vec : 1;
-    p.G = static_cast<int>(std::clamp<int64_t>(pow2_ceil(ceil_div(HW, 2 * unroll * V)), 1, kWarpSize));
-    const int64_t warps = ceil_div(N * C, kWarpSize / p.G);
-    const int64_t target = static_cast<int64_t>(sms) * 64;
-    if (warps < target) S = std::min(ceil_div(target, warps), std::max<int64_t>(1, HW / (p.G * V * unroll * 2)));
-    const int64_t L = ceil_div(ceil_div(HW, S), V) * V;
-    p.L = static_cast<int>(L);
-    p.S = static_cast<int>(ceil_div(HW, L));
-    return p;
-  }
-  p.vec = aligned && vec > 1 && C % vec == 0;  // then every row starts 16-byte aligned
-  const int64_t V = p.vec ? vec : 1;
-  p.cvecs = static_cast<int>(C / V);
-  p.G = static_cast<int>(std::clamp<int64_t>(pow2_ceil(p.cvecs), 1, kWarpSize));
-  p.ctiles = static_cast<int>(ceil_div(p.cvecs, p.G));
-  TORCH_CHECK(p.ctiles <= 65535, "resnet_fast: ", C, " channels exceed the CUDA reduction kernels' limit");
-  const int64_t TY = kThreads / p.G;
-  const int64_t blocks = N * p.ctiles;
-  const int64_t target = static_cast<int64_t>(sms) * 8;
-  if (blocks < target) S = std::min(ceil_div(target, blocks), std::max<int64_t>(1, HW / (TY * row_unroll * 2)));
-  const int64_t L = ceil_div(HW, S);
-  p.L = static_cast<int>(L);
-  p.S = static_cast<int>(ceil_div(HW, L));
-  return p;
-}
-
 FlatGeom flat_geom(const ActivationInfo& info, int64_t n_chunk) {
   FlatGeom g;
   g.numel = static_cast<uint32_t>(n_chunk * info.C * info.HW);  // <= kMaxChunkElements
@@ -127,11 +91,6 @@ FlatGeom flat_geom(const ActivationInfo& info, int64_t n_chunk) {
   g.div_c = at::cuda::detail::IntDivider<uint32_t>(g.C);
   g.div_hw = at::cuda::detail::IntDivider<uint32_t>(g.HW);
   return g;
-}
-
-unsigned elementwise_blocks(int64_t numel, int vec, int sms) {
-  const int64_t blocks = ceil_div(numel / vec, kThreads);
-  return static_cast<unsigned>(std::clamp<int64_t>(blocks, 1, static_cast<int64_t>(sms) * 16));
 }
 
 }  // namespace cuda

@@ -21,14 +21,12 @@
 #include <optional>
 #include <type_traits>
 
+#include "launch_plan.h"
+
 namespace resnet_fast {
 namespace cuda {
 
-constexpr int kThreads = 256;  // every kernel's block size
-constexpr int kWarpSize = 32;
-// Largest element count one launch indexes; the margin keeps offsets computed one
-// unrolled step past the end (never dereferenced) from overflowing 32-bit arithmetic.
-constexpr int64_t kMaxChunkElements = INT32_MAX - (1 << 20);
+// kThreads, kWarpSize, kMaxChunkElements, Layout, ActivationInfo: launch_plan.h.
 
 template <typename scalar_t>
 using acc_type = at::acc_type<scalar_t, /*is_cuda=*/true>;  // double for double, else float
@@ -41,8 +39,6 @@ constexpr int vec_width() {
 
 template <int V>
 using IntC = std::integral_constant<int, V>;
-
-enum class Layout : int { NCHW = 0, NHWC = 1 };
 
 // How the residual enters the pre-activation z = y*scale + shift + R.
 enum class ResMode : int {
@@ -183,22 +179,15 @@ __device__ __forceinline__ void batch_moments(const acc_t (&x)[B], int k, acc_t 
 }
 
 // ----------------------------------------------------------------------------- host helpers
-// An activation argument as the kernels see it.
-struct ActivationInfo {
-  Layout layout;
-  int64_t N, C, HW;
-  int64_t numel() const { return N * C * HW; }
-};
-
 // p advanced to sample n0 of an activation (nullptr stays nullptr).
 template <typename T>
 T* sample_ptr(T* p, int64_t n0, const ActivationInfo& info) {
-  return p == nullptr ? nullptr : p + n0 * info.C * info.HW;
+  return p == nullptr ? nullptr : p + sample_offset(info, n0);
 }
 // p advanced to row n0 of an (N, C) coefficient.
 template <typename T>
 T* nc_ptr(T* p, int64_t n0, const ActivationInfo& info) {
-  return p == nullptr ? nullptr : p + n0 * info.C;
+  return p == nullptr ? nullptr : p + nc_offset(info, n0);
 }
 
 // The operands of z = y*scale[n,c] + shift[n,c] + R and out = act(z), common to the three
@@ -288,14 +277,6 @@ bool all_aligned16(const Ptrs*... ptrs) {
   return ((ptrs == nullptr || aligned16(ptrs)) && ...);
 }
 
-inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
-
-inline int64_t pow2_ceil(int64_t x) {
-  int64_t p = 1;
-  while (p < x) p <<= 1;
-  return p;
-}
-
 // Runs f(IntC<V>{}) with V = vec_width<scalar_t>() when `vec`, else V = 1.
 template <typename scalar_t, class F>
 void with_vec(bool vec, F&& f) {
@@ -308,13 +289,12 @@ void with_vec(bool vec, F&& f) {
 
 // Calls f(n0, count) for consecutive runs of whole samples holding at most
 // kMaxChunkElements elements each (one run for every ResNet shape).
+// (launch_plan.h's for_each_chunk_of, with the error for a sample past the limit.)
 template <class F>
 void for_each_chunk(const ActivationInfo& info, F&& f) {
-  const int64_t per_sample = info.C * info.HW;
-  TORCH_CHECK(per_sample <= kMaxChunkElements, "resnet_fast: one sample of ", per_sample,
+  TORCH_CHECK(chunk_samples(info) > 0, "resnet_fast: one sample of ", info.C * info.HW,
               " elements (C*H*W) exceeds the CUDA kernels' limit of ", kMaxChunkElements);
-  const int64_t step = std::max<int64_t>(1, kMaxChunkElements / per_sample);
-  for (int64_t n0 = 0; n0 < info.N; n0 += step) f(n0, std::min(step, info.N - n0));
+  for_each_chunk_of(info, kMaxChunkElements, f);
 }
 
 }  // namespace cuda

@@ -24,31 +24,10 @@ struct FlatGeom {
   at::cuda::detail::IntDivider<uint32_t> div_c, div_hw;
 };
 
-// Coefficient indices of a vector starting at element i0.
-struct Pos {
-  uint32_t nc0;  // per-(n, c) index of element 0
-  uint32_t c0;   // channel of element 0
-  uint32_t c1;   // NCHW: channel of the next plane
-  uint32_t split;  // NCHW: elements j >= split belong to plane nc0 + 1
-};
-
+// Pos and position<V, L>(i0, C, HW, div_c, div_hw): launch_plan.h.
 template <int V, Layout L>
 __device__ __forceinline__ Pos position(uint32_t i0, const FlatGeom& g) {
-  Pos p;
-  if constexpr (L == Layout::NCHW) {
-    const auto plane = g.div_hw.divmod(i0);  // i0 = nc*HW + hw
-    p.nc0 = plane.div;
-    p.c0 = g.div_c.mod(p.nc0);
-    p.c1 = p.c0 + 1 == g.C ? 0 : p.c0 + 1;
-    p.split = g.HW - plane.mod;  // >= 1; < V only when the vector crosses a plane end
-  } else {
-    const auto row = g.div_c.divmod(i0);  // i0 = (n*HW + hw)*C + c
-    p.c0 = row.mod;
-    p.nc0 = g.div_hw.div(row.div) * g.C + p.c0;
-    p.c1 = p.c0;
-    p.split = V;
-  }
-  return p;
+  return position<V, L>(i0, g.C, g.HW, g.div_c, g.div_hw);
 }
 
 // Per-(n, c) coefficients of the vector's V elements.
@@ -103,25 +82,14 @@ struct Vectorized : Op {
 
 template <class Op, Layout L>
 __global__ void __launch_bounds__(kThreads) _elementwise_kernel(const Op op, const FlatGeom g) {
-  constexpr int V = Op::kVec;
-  const uint32_t nvec = g.numel / V;
-  const uint32_t first = blockIdx.x * kThreads + threadIdx.x;
-  const uint32_t stride = gridDim.x * kThreads;
-  for (uint32_t v = first; v < nvec; v += stride) {
-    const uint32_t i0 = v * V;
-    op.template apply<V, L>(i0, position<V, L>(i0, g));
-  }
-  if constexpr (V > 1) {
-    const uint32_t i = nvec * V + first;  // the last numel % V elements
-    if (i < g.numel) op.template apply<1, L>(i, position<1, L>(i, g));
-  }
+  elementwise_thread<Op::kVec>(g.numel, blockIdx.x * kThreads + threadIdx.x, gridDim.x * kThreads,
+                                [&](uint32_t i0, auto w) {
+                                  constexpr int W = decltype(w)::value;
+                                  op.template apply<W, L>(i0, position<W, L>(i0, g));
+                                });
 }
 
 FlatGeom flat_geom(const ActivationInfo& info, int64_t n_chunk);
-
-// Grid of the elementwise kernels: enough blocks for the vectors, at most 16 per SM (the
-// grid-stride loop does the rest).
-unsigned elementwise_blocks(int64_t numel, int vec, int sms);
 
 // Runs `op` over one chunk of n_chunk samples (its pointers already offset to it), with
 // 16-byte vectors when `vec`.
@@ -145,9 +113,7 @@ void launch_elementwise(const Op& op, bool vec, const ActivationInfo& info, int6
 // alignment of every activation pointer (and, in NHWC, of every coefficient pointer).
 template <typename scalar_t, typename... Ptrs>
 bool elementwise_vec_ok(const ActivationInfo& info, const Ptrs*... ptrs) {
-  constexpr int V = vec_width<scalar_t>();
-  const bool shape_ok = info.layout == Layout::NCHW ? info.HW >= V : info.C % V == 0;
-  return shape_ok && all_aligned16(ptrs...);
+  return elementwise_vec_shape_ok(info, vec_width<scalar_t>()) && all_aligned16(ptrs...);
 }
 
 }  // namespace cuda

@@ -27,32 +27,15 @@
 namespace resnet_fast {
 namespace cuda {
 
-// How one reduction is split into work (host side; the same for every chunk).
-struct ReducePlan {
-  Layout layout;
-  bool vec;    // V = vec_width when true, 1 otherwise
-  int S;       // segments per plane (NCHW) or per sample's rows (NHWC)
-  int L;       // segment length in hw positions (NCHW: a multiple of V)
-  int G;       // NCHW: lanes per unit; NHWC: TX, channel vectors per block (power of two <= 32)
-  int cvecs;   // NHWC: channel vectors per row, C / V
-  int ctiles;  // NHWC: blocks across the channels, ceil(cvecs / TX)
-};
-
-// What the stage-1 kernels read (a chunk of samples).
-struct ReduceGrid {
-  int C, HW;
-  int S, L, G;
-  int cvecs;  // NHWC
-  int units;  // NCHW: planes * S in this chunk
-};
-
-// `vec`: the 16-byte width of the dtype; `unroll`, `row_unroll`: the Op's kUnroll and
-// kRowUnroll; `aligned`: every pointer the Op dereferences is 16-byte aligned.
-ReducePlan plan_reduce(const ActivationInfo& info, int vec, int unroll, int row_unroll, bool aligned, int sms);
+// ReducePlan, plan_reduce, ReduceGrid and the per-thread offsets: launch_plan.h.
 
 template <class Op>
 ReducePlan plan_reduce_for(const ActivationInfo& info, bool aligned, int sms) {
-  return plan_reduce(info, vec_width<typename Op::scalar_type>(), Op::kUnroll, Op::kRowUnroll, aligned, sms);
+  const ReducePlan p =
+      plan_reduce(info, vec_width<typename Op::scalar_type>(), Op::kUnroll, Op::kRowUnroll, aligned, sms);
+  TORCH_CHECK(info.layout == Layout::NCHW || p.ctiles <= 65535, "resnet_fast: ", info.C,
+              " channels exceed the CUDA reduction kernels' limit");
+  return p;
 }
 
 // Merges the states of the threads sharing tx, in fixed pairs (ty, ty + stride); the
@@ -74,88 +57,42 @@ template <class Op>
 __global__ void __launch_bounds__(kThreads) _nchw_reduce_kernel(const Op op, const ReduceGrid g) {
   constexpr int V = Op::kVec;
   constexpr int U = Op::kUnroll;
-  const int gl = threadIdx.x & (g.G - 1);                              // lane in the group
-  const int unit = blockIdx.x * (kThreads / g.G) + threadIdx.x / g.G;  // (nc, s), s fastest
-  const bool active = unit < g.units;
+  const NchwUnit u = nchw_unit(g, blockIdx.x, threadIdx.x);
   typename Op::PlaneState st{};
-  int nc = 0, s = 0;
-  if (active) {
-    nc = unit / g.S;
-    s = unit - nc * g.S;
-    const int n = nc / g.C;
-    const auto ctx = op.plane_context(n, nc - n * g.C, nc);
-    const uint32_t base = static_cast<uint32_t>(nc) * g.HW;  // plane start; < chunk numel
-    const uint32_t a = static_cast<uint32_t>(s) * g.L;
-    const uint32_t b = min(a + g.L, static_cast<uint32_t>(g.HW));
-    const uint32_t step = static_cast<uint32_t>(g.G) * V;
-    for (uint32_t e = a + gl * V; e < b; e += step * U) {
-      uint32_t off[U];
-      int k = 0;  // packs of this batch inside the segment (a prefix)
-#pragma unroll
-      for (int u = 0; u < U; ++u) {
-        const uint32_t eu = e + u * step;
-        off[u] = base + eu;
-        k += eu < b;
-      }
-      op.accumulate_plane(st, ctx, off, k);
-    }
+  if (u.active) {
+    const auto ctx = op.plane_context(u.n, u.c, u.nc);
+    nchw_batches<V, U>(g, u, [&](const uint32_t (&off)[U], int k) { op.accumulate_plane(st, ctx, off, k); });
   }
   for (int offset = g.G >> 1; offset > 0; offset >>= 1) Op::combine(st, Op::shfl_xor(st, offset));
-  if (active && gl == 0) {
-    const int n = nc / g.C;
-    op.store_plane(st, (n * g.S + s) * g.C + (nc - n * g.C));
-  }
+  if (u.active && u.lane == 0) op.store_plane(st, nchw_partial(g, u));
 }
 
 template <class Op>
 __global__ void __launch_bounds__(kThreads, 2) _nhwc_reduce_kernel(const Op op, const ReduceGrid g) {
   constexpr int V = Op::kVec;
   constexpr int U = Op::kRowUnroll;
-  const int TX = g.G;
-  const int TY = kThreads / TX;
-  const int tx = threadIdx.x & (TX - 1);
-  const int ty = threadIdx.x / TX;
-  const int cv = blockIdx.y * TX + tx;  // channel vector: channels [cv*V, cv*V + V)
-  const bool active = cv < g.cvecs;
-  const int n = blockIdx.x / g.S;
-  const int s = blockIdx.x - n * g.S;
+  const NhwcThread t = nhwc_thread(g, blockIdx.x, blockIdx.y, threadIdx.x);
   __shared__ typename Op::RowState smem[kThreads];
   typename Op::RowState st{};
-  if (active) {
-    const auto ctx = op.row_context(n, cv * V, n * g.C + cv * V);
-    const uint32_t r0 = static_cast<uint32_t>(s) * g.L;
-    const uint32_t r1 = min(r0 + g.L, static_cast<uint32_t>(g.HW));
-    const uint32_t row_base = static_cast<uint32_t>(n) * g.HW;  // sample's first row
-    for (uint32_t r = r0 + ty; r < r1; r += static_cast<uint32_t>(TY) * U) {
-      uint32_t off[U];
-      int k = 0;  // rows of this batch inside the segment (a prefix)
-#pragma unroll
-      for (int u = 0; u < U; ++u) {
-        const uint32_t ru = r + u * TY;
-        off[u] = (row_base + ru) * g.C + cv * V;  // wraps harmlessly past the end: not loaded
-        k += ru < r1;
-      }
-      op.accumulate_rows(st, ctx, off, k);
-    }
+  if (t.active) {
+    const auto ctx = op.row_context(t.n, t.cv * V, t.n * g.C + t.cv * V);
+    nhwc_batches<V, U>(g, t, [&](const uint32_t (&off)[U], int k) { op.accumulate_rows(st, ctx, off, k); });
   }
-  st = tree_reduce_y(st, smem, tx, ty, TX, TY,
+  st = tree_reduce_y(st, smem, t.tx, t.ty, t.TX, t.TY,
                      [](typename Op::RowState& a, const typename Op::RowState& b) { Op::combine(a, b); });
-  if (active && ty == 0) op.store_rows(st, (n * g.S + s) * g.C + cv * V);
+  if (t.active && t.ty == 0) op.store_rows(st, nhwc_partial(g, t, V));
 }
 
 // Stage 1 over one chunk of n_chunk samples (the Op's pointers already offset to it).
 template <class Op>
 void launch_reduce(const Op& op, const ReducePlan& plan, const ActivationInfo& info, int64_t n_chunk,
                    cudaStream_t stream) {
-  ReduceGrid g{static_cast<int>(info.C), static_cast<int>(info.HW), plan.S, plan.L, plan.G, plan.cvecs, 0};
+  const ReduceLaunch l = reduce_launch(plan, info, n_chunk);
   if (plan.layout == Layout::NCHW) {
-    const int64_t units = n_chunk * info.C * plan.S;  // <= chunk numel: fits int
-    g.units = static_cast<int>(units);
-    const int64_t blocks = ceil_div(units, kThreads / plan.G);
-    _nchw_reduce_kernel<Op><<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(op, g);
+    _nchw_reduce_kernel<Op><<<static_cast<unsigned>(l.blocks_x), kThreads, 0, stream>>>(op, l.g);
   } else {
-    const dim3 grid(static_cast<unsigned>(n_chunk * plan.S), static_cast<unsigned>(plan.ctiles));
-    _nhwc_reduce_kernel<Op><<<grid, kThreads, 0, stream>>>(op, g);
+    const dim3 grid(static_cast<unsigned>(l.blocks_x), static_cast<unsigned>(l.blocks_y));
+    _nhwc_reduce_kernel<Op><<<grid, kThreads, 0, stream>>>(op, l.g);
   }
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }

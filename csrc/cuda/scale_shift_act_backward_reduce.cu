@@ -237,7 +237,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> scale_shift_act_backward_reduce_c
     acc_t* part_gr = res_center.has_value() ? part_g + 2 * part_size : nullptr;
     with_vec<scalar_t>(plan.vec, [&](auto v) {
       for_each_chunk(info, [&](int64_t n0, int64_t n_chunk) {
-        const int64_t part_at = n0 * plan.S * info.C;  // partials of sample n0
+        const int64_t part_at = partial_offset(info, plan.S, n0);  // partials of sample n0
         const BackwardReduceOp<scalar_t, decltype(v)::value> op{
             args.from_sample(n0, info), sample_ptr(grad_out_p, n0, info), center_p, res_center_p, part_g + part_at,
             part_gy + part_at, part_gr == nullptr ? nullptr : part_gr + part_at};

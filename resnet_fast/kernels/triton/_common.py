@@ -5,10 +5,11 @@ contract); in both, (h, w) collapse into one index hw = h * W + w with one strid
 kernel addresses element (n, c, hw) at ``n * stride_n + c * stride_c + hw * stride_hw``
 and never copies. Kernels work on [BLOCK_C, BLOCK_HW] tiles of one sample n; which of
 the two axes is the contiguous one (hw for NCHW, c for channels_last) decides the tile
-shape, so each kernel has one list of autotune configs per layout.
+shape; _tiles.py picks the tile per kernel, dtype, layout, flags and shape.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 from typing import Callable
@@ -44,23 +45,12 @@ def export(name: str, launcher: Callable) -> Callable:
     return launcher
 
 
-# ----------------------------------------------------------------------------- configs
-def configs(gpu: list[tuple[int, int, int]], interpreted: tuple[int, int]) -> list[triton.Config]:
-    """Autotune configs from (BLOCK_C, BLOCK_HW, num_warps) triples; a single tiny one under the interpreter.
-
-    The interpreter's tiles are small so that the tiny test shapes still have several blocks and masked tails.
-    """
-    if INTERPRETED:
-        return [triton.Config({"BLOCK_C": interpreted[0], "BLOCK_HW": interpreted[1]}, num_warps=1)]
-    return [triton.Config({"BLOCK_C": c, "BLOCK_HW": hw}, num_warps=w) for c, hw, w in gpu]
-
-
-def merge_configs() -> list[triton.Config]:
-    """Configs of the stage-2 (merge) kernels: BLOCK_N samples x BLOCK_C channels per step."""
-    if INTERPRETED:
-        return [triton.Config({"BLOCK_N": 2, "BLOCK_C": 4}, num_warps=1)]
-    shapes = ((16, 16), (16, 32), (32, 16), (8, 64))
-    return [triton.Config({"BLOCK_N": n, "BLOCK_C": c}, num_warps=4) for n, c in shapes]
+# ----------------------------------------------------------------------------- device
+def on_device(t: Tensor):
+    """``with on_device(y):`` runs a launch on y's GPU and its current stream (Triton launches on the current
+    device otherwise: tensors on cuda:1 with cuda:0 current would be read through the wrong context).
+    Nothing for CPU tensors (the interpreter)."""
+    return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
 
 
 # ----------------------------------------------------------------------------- shared device code
@@ -145,28 +135,27 @@ def channels_contiguous(t: Tensor) -> bool:
 
 
 # ----------------------------------------------------------------------------- split reductions
-@functools.lru_cache(maxsize=None)
-def _sm_count(device_index: int) -> int:
-    return torch.cuda.get_device_properties(device_index).multi_processor_count
+# Programs stage 1 aims for: about 8 per SM on an H100 (132 SMs) or A100 (108). A constant rather than a
+# function of the SM count, so that the splits, and with them the summation order and the bits of the
+# results, are the same on every GPU.
+TARGET_PROGRAMS = 1024
 
 
-def hw_split(y: Tensor, c_per_program: int) -> tuple[int, int]:
+def hw_split(y: Tensor, block_c: int) -> tuple[int, int]:
     """(splits, hw_per_split): how stage 1 of a per-channel reduction cuts each sample's H*W.
 
     Stage 1 runs N * ceil(C / BLOCK_C) * splits programs; split H*W until there are about
-    8 per SM (one full wave, several programs resident per SM), keeping each split a
-    multiple of 256 positions so that full tiles need no mask. ``c_per_program``
-    estimates BLOCK_C (the autotuner picks the real one; the split must be fixed before,
-    since it sizes the partial buffers). Under the interpreter splits are 8 positions,
-    so the tiny test shapes exercise several splits, the merge and a short last split.
+    TARGET_PROGRAMS (one full wave, several programs resident per SM), keeping each split a
+    multiple of 256 positions (of every BLOCK_HW) so that full tiles need no mask. Under the
+    interpreter splits are 8 positions, so the tiny test shapes exercise several splits, the
+    merge and a short last split.
     """
     n, c, hw = y.shape[0], y.shape[1], y.shape[2] * y.shape[3]
     if INTERPRETED or not y.is_cuda:
         align, programs = 8, 1 << 30
     else:
-        align, programs = 256, 8 * _sm_count(y.device.index if y.device.index is not None
-                                              else torch.cuda.current_device())
-    splits = max(1, min(triton.cdiv(programs, n * triton.cdiv(c, c_per_program)), triton.cdiv(hw, align)))
+        align, programs = 256, TARGET_PROGRAMS
+    splits = max(1, min(triton.cdiv(programs, n * triton.cdiv(c, block_c)), triton.cdiv(hw, align)))
     hw_per_split = triton.cdiv(triton.cdiv(hw, splits), align) * align
     return triton.cdiv(hw, hw_per_split), hw_per_split
 

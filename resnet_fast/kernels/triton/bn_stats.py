@@ -19,11 +19,9 @@ import triton
 import triton.language as tl
 
 from ...ops import primitives
-from ._common import (INTERPRETED, Tensor, acc_dtype, channels_contiguous, check_activation, configs, export,
-                      hw_split, launch, merge_block, merge_configs, plane_strides, standard)
-
-_NHWC_CONFIGS = configs([(64, 32, 4), (64, 64, 8), (128, 16, 4), (128, 32, 8)], interpreted=(8, 4))
-_NCHW_CONFIGS = configs([(2, 256, 4), (4, 256, 8), (8, 128, 4), (16, 64, 4)], interpreted=(8, 4))
+from . import _tiles
+from ._common import (INTERPRETED, Tensor, acc_dtype, channels_contiguous, check_activation, export, hw_split, launch,
+                      merge_block, on_device, plane_strides, standard)
 
 
 @triton.jit
@@ -83,11 +81,6 @@ def _bn_stats_partial_kernel(
     tl.store(part_m2_ptr + out, piece_m2, mask=c_mask)
 
 
-_bn_stats_partial_nhwc = triton.autotune(_NHWC_CONFIGS, key=["C", "HW", "HW_PER_SPLIT"])(_bn_stats_partial_kernel)
-_bn_stats_partial_nchw = triton.autotune(_NCHW_CONFIGS, key=["C", "HW", "HW_PER_SPLIT"])(_bn_stats_partial_kernel)
-
-
-@triton.autotune(merge_configs(), key=["N", "C", "NUM_SPLITS"])
 @triton.jit
 def _bn_stats_merge_kernel(
     part_mean_ptr,  # *ACC (N, S, C): stage 1's piece means
@@ -158,19 +151,21 @@ def bn_stats_launcher(y: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     torch._check(n <= 65535, lambda: f"bn_stats (triton): batch {n} exceeds the grid's 65535 limit")
     acc = acc_dtype(y.dtype)
     channels_last = channels_contiguous(y)
-    splits, hw_per_split = hw_split(y, c_per_program=64 if channels_last else 8)
-    part_mean = y.new_empty((n, splits, c), dtype=acc)
-    part_m2 = y.new_empty((n, splits, c), dtype=acc)
-    partial = _bn_stats_partial_nhwc if channels_last else _bn_stats_partial_nchw
-    launch(partial)[lambda meta: (splits, triton.cdiv(c, meta["BLOCK_C"]), n)](
-        y, part_mean, part_m2, c, h * w, hw_per_split, *plane_strides(y))
-
+    tile = _tiles.pick("bn_stats_partial", y.dtype, channels_last, {}, c, h * w)
+    splits, hw_per_split = hw_split(y, tile.block_c)
     mean = y.new_empty((c,), dtype=acc)
     var = y.new_empty((c,), dtype=acc)
     sample_mean = y.new_empty((n, c), dtype=acc)
-    launch(_bn_stats_merge_kernel)[lambda meta: (triton.cdiv(c, meta["BLOCK_C"]),)](
-        part_mean, part_m2, mean, var, sample_mean, n, c, h * w, splits, hw_per_split,
-        BLOCK_S=merge_block(splits))
+    part_mean = y.new_empty((n, splits, c), dtype=acc)
+    part_m2 = y.new_empty((n, splits, c), dtype=acc)
+    merge = _tiles.pick("bn_stats_merge", y.dtype, channels_last, {}, c, h * w)
+    with on_device(y):
+        launch(_bn_stats_partial_kernel)[(splits, triton.cdiv(c, tile.block_c), n)](
+            y, part_mean, part_m2, c, h * w, hw_per_split, *plane_strides(y),
+            BLOCK_C=tile.block_c, BLOCK_HW=tile.block_hw, num_warps=tile.num_warps)
+        launch(_bn_stats_merge_kernel)[(triton.cdiv(c, merge.block_c),)](
+            part_mean, part_m2, mean, var, sample_mean, n, c, h * w, splits, hw_per_split,
+            BLOCK_N=merge.block_n, BLOCK_S=merge_block(splits), BLOCK_C=merge.block_c, num_warps=merge.num_warps)
     return mean, var, sample_mean
 
 

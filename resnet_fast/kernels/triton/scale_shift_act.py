@@ -14,12 +14,9 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import (INTERPRETED, Tensor, channels_contiguous, check_activation, coefficient, configs, export, launch,
-                      plane_strides, pre_activation, standard)
-
-_NHWC_CONFIGS = configs([(64, 32, 4), (128, 16, 4), (128, 32, 8), (256, 8, 4), (256, 16, 8)], interpreted=(8, 8))
-_NCHW_CONFIGS = configs([(1, 1024, 4), (2, 512, 4), (4, 256, 4), (8, 128, 4), (16, 64, 4), (4, 512, 8)],
-                        interpreted=(8, 8))
+from . import _tiles
+from ._common import (INTERPRETED, Tensor, channels_contiguous, check_activation, coefficient, export, launch,
+                      on_device, plane_strides, pre_activation, standard)
 
 
 @triton.jit
@@ -75,14 +72,10 @@ def _scale_shift_act_fwd_kernel(
     tl.store(out_ptr + y_offs, z.to(out_ptr.dtype.element_ty), mask=mask)
 
 
-_scale_shift_act_fwd_nhwc = triton.autotune(_NHWC_CONFIGS, key=["C", "HW"])(_scale_shift_act_fwd_kernel)
-_scale_shift_act_fwd_nchw = triton.autotune(_NCHW_CONFIGS, key=["C", "HW"])(_scale_shift_act_fwd_kernel)
-
-
-def elementwise_grid(n: int, c: int, hw: int):
+def elementwise_grid(n: int, c: int, hw: int, tile: _tiles.Tile) -> tuple[int, int, int]:
     """Grid of the elementwise kernels: (hw blocks, channel blocks, samples)."""
     torch._check(n <= 65535, lambda: f"resnet_fast (triton): batch {n} exceeds the grid's 65535 limit")
-    return lambda meta: (triton.cdiv(hw, meta["BLOCK_HW"]), triton.cdiv(c, meta["BLOCK_C"]), n)
+    return triton.cdiv(hw, tile.block_hw), triton.cdiv(c, tile.block_c), n
 
 
 def scale_shift_act_launcher(y: Tensor, scale: Tensor, shift: Tensor, residual: Optional[Tensor],
@@ -106,12 +99,14 @@ def scale_shift_act_launcher(y: Tensor, scale: Tensor, shift: Tensor, residual: 
     if out.numel() == 0:
         return out
     torch._check(out.stride() == y.stride(), lambda: f"{op}: empty_like(y) changed the strides")  # kernel assumes
-    kernel = _scale_shift_act_fwd_nhwc if channels_contiguous(y) else _scale_shift_act_fwd_nchw
-    launch(kernel)[elementwise_grid(n, c, h * w)](
-        y, residual if residual is not None else y, out, scale, shift,
-        res_scale if res_scale is not None else scale, res_shift if res_shift is not None else shift,
-        c, h * w, *plane_strides(y), *plane_strides(residual),
-        HAS_RES=residual is not None, RES_AFFINE=res_scale is not None, RELU=relu)
+    flags = dict(HAS_RES=residual is not None, RES_AFFINE=res_scale is not None, RELU=relu)
+    tile = _tiles.pick("scale_shift_act", y.dtype, channels_contiguous(y), flags, c, h * w)
+    with on_device(y):
+        launch(_scale_shift_act_fwd_kernel)[elementwise_grid(n, c, h * w, tile)](
+            y, residual if residual is not None else y, out, scale, shift,
+            res_scale if res_scale is not None else scale, res_shift if res_shift is not None else shift,
+            c, h * w, *plane_strides(y), *plane_strides(residual), **flags,
+            BLOCK_C=tile.block_c, BLOCK_HW=tile.block_hw, num_warps=tile.num_warps)
     return out
 
 

@@ -35,16 +35,10 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import (INTERPRETED, Tensor, acc_dtype, channels_contiguous, check_activation, coefficient, configs,
-                      export, hw_split, launch, merge_block, merge_configs, plane_strides, relu_grad, standard)
+from . import _tiles
+from ._common import (INTERPRETED, Tensor, acc_dtype, channels_contiguous, check_activation, coefficient, export,
+                      hw_split, launch, merge_block, on_device, plane_strides, relu_grad, standard)
 from .scale_shift_act import elementwise_grid
-
-_REDUCE_NHWC_CONFIGS = configs([(64, 32, 4), (64, 64, 8), (128, 16, 4), (128, 32, 8)], interpreted=(8, 4))
-_REDUCE_NCHW_CONFIGS = configs([(2, 256, 4), (4, 256, 8), (8, 128, 4), (16, 64, 4)], interpreted=(8, 4))
-_APPLY_NHWC_CONFIGS = configs([(64, 32, 4), (128, 16, 4), (128, 32, 8), (256, 8, 4), (256, 16, 8)],
-                              interpreted=(8, 8))
-_APPLY_NCHW_CONFIGS = configs([(1, 1024, 4), (2, 512, 4), (4, 256, 4), (8, 128, 4), (16, 64, 4), (4, 512, 8)],
-                              interpreted=(8, 8))
 
 
 # ----------------------------------------------------------------------------- reduce
@@ -149,12 +143,6 @@ def _ssa_bwd_reduce_partial_kernel(
         tl.store(part_gr_ptr + out, tl.sum(acc_gr, axis=1), mask=c_mask)
 
 
-_KEY = ["C", "HW", "HW_PER_SPLIT"]
-_ssa_bwd_reduce_partial_nhwc = triton.autotune(_REDUCE_NHWC_CONFIGS, key=_KEY)(_ssa_bwd_reduce_partial_kernel)
-_ssa_bwd_reduce_partial_nchw = triton.autotune(_REDUCE_NCHW_CONFIGS, key=_KEY)(_ssa_bwd_reduce_partial_kernel)
-
-
-@triton.autotune(merge_configs(), key=["N", "C", "NUM_SPLITS"])
 @triton.jit
 def _ssa_bwd_reduce_merge_kernel(
     part_g_ptr,  # *ACC (N, S, C): stage 1's sums of g
@@ -216,19 +204,23 @@ def scale_shift_act_backward_reduce_launcher(
         return sum_g.zero_(), sum_g_y.zero_(), sum_g_res.zero_()
 
     channels_last = channels_contiguous(y)
-    splits, hw_per_split = hw_split(y, c_per_program=64 if channels_last else 8)
-    parts = [y.new_empty((n, splits, c), dtype=acc) for _ in range(3 if res_center is not None else 2)]
-    part_gr = parts[2] if res_center is not None else parts[0]
     flags = dict(HAS_RES=residual is not None, RES_AFFINE=res_scale is not None, RELU=relu,
                  RES_SUM=res_center is not None)
-    partial = _ssa_bwd_reduce_partial_nhwc if channels_last else _ssa_bwd_reduce_partial_nchw
-    launch(partial)[lambda meta: (splits, triton.cdiv(c, meta["BLOCK_C"]), n)](
-        grad_out, y, residual if residual is not None else y, *coefs,
-        center, res_center if res_center is not None else center, parts[0], parts[1], part_gr,
-        c, h * w, hw_per_split, *plane_strides(y), *plane_strides(grad_out), *plane_strides(residual), **flags)
-    launch(_ssa_bwd_reduce_merge_kernel)[lambda meta: (triton.cdiv(c, meta["BLOCK_C"]),)](
-        parts[0], parts[1], part_gr, sum_g, sum_g_y, sum_g_res if res_center is not None else sum_g,
-        n, c, splits, RES_SUM=res_center is not None, BLOCK_S=merge_block(splits))
+    tile = _tiles.pick("ssa_bwd_reduce_partial", y.dtype, channels_last, flags, c, h * w)
+    merge = _tiles.pick("ssa_bwd_reduce_merge", y.dtype, channels_last, dict(RES_SUM=flags["RES_SUM"]), c, h * w)
+    splits, hw_per_split = hw_split(y, tile.block_c)
+    parts = [y.new_empty((n, splits, c), dtype=acc) for _ in range(3 if res_center is not None else 2)]
+    part_gr = parts[2] if res_center is not None else parts[0]
+    with on_device(y):
+        launch(_ssa_bwd_reduce_partial_kernel)[(splits, triton.cdiv(c, tile.block_c), n)](
+            grad_out, y, residual if residual is not None else y, *coefs,
+            center, res_center if res_center is not None else center, parts[0], parts[1], part_gr,
+            c, h * w, hw_per_split, *plane_strides(y), *plane_strides(grad_out), *plane_strides(residual), **flags,
+            BLOCK_C=tile.block_c, BLOCK_HW=tile.block_hw, num_warps=tile.num_warps)
+        launch(_ssa_bwd_reduce_merge_kernel)[(triton.cdiv(c, merge.block_c),)](
+            parts[0], parts[1], part_gr, sum_g, sum_g_y, sum_g_res if res_center is not None else sum_g,
+            n, c, splits, RES_SUM=res_center is not None, BLOCK_N=merge.block_n, BLOCK_S=merge_block(splits),
+            BLOCK_C=merge.block_c, num_warps=merge.num_warps)
     return sum_g, sum_g_y, sum_g_res
 
 
@@ -313,10 +305,6 @@ def _ssa_bwd_apply_kernel(
         tl.store(grad_res_ptr + y_offs, grad_r.to(grad_res_ptr.dtype.element_ty), mask=mask)
 
 
-_ssa_bwd_apply_nhwc = triton.autotune(_APPLY_NHWC_CONFIGS, key=["C", "HW"])(_ssa_bwd_apply_kernel)
-_ssa_bwd_apply_nchw = triton.autotune(_APPLY_NCHW_CONFIGS, key=["C", "HW"])(_ssa_bwd_apply_kernel)
-
-
 def scale_shift_act_backward_apply_launcher(
         grad_out: Tensor, y: Tensor, scale: Tensor, shift: Tensor, residual: Optional[Tensor],
         res_scale: Optional[Tensor], res_shift: Optional[Tensor], relu: bool, k_g: Tensor, k_0: Tensor,
@@ -342,12 +330,14 @@ def scale_shift_act_backward_apply_launcher(
         return grad_y, grad_res
     torch._check(grad_y.stride() == y.stride(), lambda: f"{op}: empty_like(y) changed the strides")  # kernel assumes
     res_k = res_k if res_grad else [k_y] * 4
-    kernel = _ssa_bwd_apply_nhwc if channels_contiguous(y) else _ssa_bwd_apply_nchw
-    launch(kernel)[elementwise_grid(n, c, h * w)](
-        grad_out, y, residual if residual is not None else y, grad_y, grad_res if res_grad else grad_y,
-        *coefs, k_g, k_0, k_y, center, *res_k,
-        c, h * w, *plane_strides(y), *plane_strides(grad_out), *plane_strides(residual),
-        HAS_RES=residual is not None, RES_AFFINE=res_scale is not None, RELU=relu, RES_GRAD=res_grad)
+    flags = dict(HAS_RES=residual is not None, RES_AFFINE=res_scale is not None, RELU=relu, RES_GRAD=res_grad)
+    tile = _tiles.pick("ssa_bwd_apply", y.dtype, channels_contiguous(y), flags, c, h * w)
+    with on_device(y):
+        launch(_ssa_bwd_apply_kernel)[elementwise_grid(n, c, h * w, tile)](
+            grad_out, y, residual if residual is not None else y, grad_y, grad_res if res_grad else grad_y,
+            *coefs, k_g, k_0, k_y, center, *res_k,
+            c, h * w, *plane_strides(y), *plane_strides(grad_out), *plane_strides(residual), **flags,
+            BLOCK_C=tile.block_c, BLOCK_HW=tile.block_hw, num_warps=tile.num_warps)
     return grad_y, grad_res
 
 
