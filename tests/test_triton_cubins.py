@@ -46,6 +46,10 @@ REDUCE_FLAGS = {
                                if r or not (a or s)],
 }
 MERGE_FLAGS = {"bn_stats_merge": [{}], "ssa_bwd_reduce_merge": [dict(RES_SUM=0), dict(RES_SUM=1)]}
+# The per-channel finalize kernels (bn_finalize.py): BLOCK_C channels per program, no tile rule.
+FINALIZE_FLAGS = {"bn_finalize": [dict(HAS_WEIGHT=w, HAS_BIAS=b) for w, b in itertools.product((0, 1), (0, 1))],
+                  "bn_backward_finalize": [dict(HAS_WEIGHT=w, USE_BATCH_STATS=u)
+                                           for w, u in itertools.product((0, 1), (0, 1))]}
 # (C, H*W) of each tile the rule picks: channels_last BLOCK_C follows C, NCHW BLOCK_HW follows H*W.
 SHAPES = {
     True: [(2048, 49), (64, 3136), (32, 3136), (128, 784)],  # largest BLOCK_C first
@@ -80,7 +84,33 @@ def plan(everything: bool) -> list[tuple]:
     for kernel, flag_sets in MERGE_FLAGS.items():
         for dtype, flags, arch in itertools.product(("float32", "float64"), flag_sets, (90, 80)):
             jobs.append((kernel, dtype, True, flags, 256, 3136, arch))
+    for kernel, flag_sets in FINALIZE_FLAGS.items():
+        for dtype, flags, arch in itertools.product(("float32", "float64"), flag_sets, (90, 80)):
+            jobs.append((kernel, dtype, False, flags, 256, 1, arch))
     return jobs
+
+
+def _compile_finalize(_cubin, kernels, kernel, dtype_name, flags, arch) -> dict:
+    """One finalize kernel (statistics in float32 or float64; the weight in float32)."""
+    import torch
+
+    a = torch.empty(64, dtype=getattr(torch, dtype_name))
+    w = torch.empty(64, dtype=torch.float32)
+    if kernel == "bn_finalize":
+        args = (a, a, w, w, a, a, a, a, 256, 8, 1e-5, 1.0)
+    else:
+        args = (a, a, a, w, a, a, a, a, a, 256, 8, 8, 8, 100.0)
+    name = f"{kernel}/{dtype_name}/{flags}/BLOCK_C=256"
+    entry = dict(name=name, kernel=kernel, arch=arch, channels_last=False, tile=[256])
+    try:
+        report = _cubin.compile_kernel(kernels[kernel], args, grid=(1, 1, 1), arch=arch, num_warps=4,
+                                       constexprs={**flags, "BLOCK_C": 256}, name=name)
+    except Exception as error:  # reported by the test, with the kernel's name
+        entry["error"] = f"{type(error).__name__}: {error}"[:2000]
+        return entry
+    entry.update(registers=report.registers, spill=report.spill_bytes, stack=report.stack, loads=report.loads,
+                 loads16=0, stores16=0, need_loads16=0, need_stores16=0, row=report.row())
+    return entry
 
 
 # ----------------------------------------------------------------------------- worker (no interpreter)
@@ -93,9 +123,9 @@ def _compile_all(jobs) -> list[dict]:
     from resnet_fast.kernels.triton import _tiles
 
     # the modules (the package's names bn_stats, scale_shift_act are the primitives)
-    bn_stats, scale_shift_act, scale_shift_act_backward = (
+    bn_stats, scale_shift_act, scale_shift_act_backward, bn_finalize = (
         importlib.import_module(f"resnet_fast.kernels.triton.{name}")
-        for name in ("bn_stats", "scale_shift_act", "scale_shift_act_backward"))
+        for name in ("bn_stats", "scale_shift_act", "scale_shift_act_backward", "bn_finalize"))
 
     kernels = {
         "scale_shift_act": scale_shift_act._scale_shift_act_fwd_kernel,
@@ -104,6 +134,8 @@ def _compile_all(jobs) -> list[dict]:
         "ssa_bwd_reduce_partial": scale_shift_act_backward._ssa_bwd_reduce_partial_kernel,
         "bn_stats_merge": bn_stats._bn_stats_merge_kernel,
         "ssa_bwd_reduce_merge": scale_shift_act_backward._ssa_bwd_reduce_merge_kernel,
+        "bn_finalize": bn_finalize._bn_finalize_kernel,
+        "bn_backward_finalize": bn_finalize._bn_backward_finalize_kernel,
     }
     table = [tuple(key.split("/")) for key in _tiles._TABLE]  # shipped entries, compiled as well
     for kernel, dtype, layout, flag_text, c, hw in table:
@@ -113,6 +145,9 @@ def _compile_all(jobs) -> list[dict]:
 
     results, seen = [], set()
     for kernel, dtype_name, channels_last, flags, c, hw, arch in jobs:
+        if kernel in FINALIZE_FLAGS:
+            results.append(_compile_finalize(_cubin, kernels, kernel, dtype_name, flags, arch))
+            continue
         dtype = getattr(torch, dtype_name)
         acc = torch.float64 if dtype == torch.float64 else torch.float32
         tile = _tiles.pick(kernel, dtype, channels_last, flags, c, hw)

@@ -15,9 +15,18 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import INTERPRETED, acc_dtype, launch
+from ._common import INTERPRETED, acc_dtype, launch, on_device
 
 Tensor = torch.Tensor
+
+
+@triton.jit
+def _reciprocal_sqrt_rn(x):
+    """1 / sqrt(x), both correctly rounded, as torch computes ``1.0 / torch.sqrt(x)`` (no rsqrt.approx)."""
+    if x.dtype == tl.float64:
+        return 1.0 / tl.sqrt(x)  # float64 sqrt and division are the correctly rounded sqrt.rn / div.rn
+    else:
+        return tl.div_rn(tl.full(x.shape, 1.0, x.dtype), tl.sqrt_rn(x))
 
 
 @triton.jit
@@ -26,7 +35,7 @@ def forward_coefficients(mean, var, weight, bias, eps, bessel):
 
     ``eps`` and ``bessel`` (count / max(count - 1, 1)) in the statistics' dtype, rounded from
     the host's double as torch rounds a Python scalar."""
-    invstd = 1.0 / tl.sqrt_rn(var + eps)
+    invstd = _reciprocal_sqrt_rn(var + eps)
     a = weight * invstd
     c0 = bias - mean * a
     return invstd, var * bessel, a, c0
@@ -82,8 +91,8 @@ def _bn_finalize_kernel(
         weight = tl.load(weight_ptr + cs, mask=mask, other=1.0).to(mean.dtype)
     if HAS_BIAS:
         bias = tl.load(bias_ptr + cs, mask=mask, other=0.0).to(mean.dtype)
-    invstd, var_update, a, c0 = forward_coefficients(mean, var, weight, bias, eps.to(mean.dtype),
-                                                     bessel.to(mean.dtype))
+    invstd, var_update, a, c0 = forward_coefficients(mean, var, weight, bias, tl.full(mean.shape, eps, mean.dtype),
+                                                     tl.full(mean.shape, bessel, mean.dtype))
     tl.store(invstd_ptr + cs, invstd, mask=mask)
     tl.store(var_update_ptr + cs, var_update, mask=mask)
     _store_per_sample(scale_ptr, a, cs, mask, C, N)
@@ -128,7 +137,8 @@ def _bn_backward_finalize_kernel(
     if HAS_WEIGHT:
         weight = tl.load(weight_ptr + cs, mask=mask, other=1.0).to(invstd.dtype)
     grad_weight, grad_bias, k_g, k_0, k_y = backward_coefficients(total, total_y, invstd, weight,
-                                                                  count.to(invstd.dtype), USE_BATCH_STATS)
+                                                                  tl.full(invstd.shape, count, invstd.dtype),
+                                                                  USE_BATCH_STATS)
     tl.store(grad_weight_ptr + cs, grad_weight, mask=mask)
     tl.store(grad_bias_ptr + cs, grad_bias, mask=mask)
     tl.store(k_y_ptr + cs, k_y, mask=mask)
@@ -185,10 +195,11 @@ def bn_finalize(mean: Tensor, var: Tensor, weight: Optional[Tensor], bias: Optio
     scale, shift = mean.new_empty(table), mean.new_empty(table)
     if c > 0:
         block = _block_c(c)
-        launch(_bn_finalize_kernel)[(triton.cdiv(c, block),)](
-            mean, var, weight if weight is not None else mean, bias if bias is not None else mean,
-            invstd, var_update, scale, shift, c, n, float(eps), count / max(count - 1, 1),
-            HAS_WEIGHT=weight is not None, HAS_BIAS=bias is not None, BLOCK_C=block)
+        with on_device(mean):
+            launch(_bn_finalize_kernel)[(triton.cdiv(c, block),)](
+                mean, var, weight if weight is not None else mean, bias if bias is not None else mean,
+                invstd, var_update, scale, shift, c, n, float(eps), count / max(count - 1, 1),
+                HAS_WEIGHT=weight is not None, HAS_BIAS=bias is not None, BLOCK_C=block)
     return invstd, var_update, scale, shift
 
 
@@ -208,10 +219,11 @@ def bn_backward_finalize(sum_dz: Tensor, sum_dz_y: Tensor, invstd: Tensor, weigh
     k_g, k_0 = invstd.new_empty(table), invstd.new_empty(table)
     if c > 0:
         block = _block_c(c)
-        launch(_bn_backward_finalize_kernel)[(triton.cdiv(c, block),)](
-            sum_dz, sum_dz_y, invstd, weight if weight is not None else invstd,
-            grad_weight, grad_bias, k_g, k_0, k_y, c, n, rows_dz, rows_dz_y, float(count),
-            HAS_WEIGHT=weight is not None, USE_BATCH_STATS=use_batch_stats, BLOCK_C=block)
+        with on_device(invstd):
+            launch(_bn_backward_finalize_kernel)[(triton.cdiv(c, block),)](
+                sum_dz, sum_dz_y, invstd, weight if weight is not None else invstd,
+                grad_weight, grad_bias, k_g, k_0, k_y, c, n, rows_dz, rows_dz_y, float(count),
+                HAS_WEIGHT=weight is not None, USE_BATCH_STATS=use_batch_stats, BLOCK_C=block)
     return grad_weight, grad_bias, k_g, k_0, k_y
 
 
