@@ -68,16 +68,19 @@ class Blocks:
 
 
 # ----------------------------------------------------------------------------- block rule
-def block_config(kernel: str, gemm_n: int, gemm_k_per_tap: int, dtype: torch.dtype) -> Blocks:
+def block_config(kernel: str, gemm_n: int, gemm_k_per_tap: int, dtype: torch.dtype, taps: int = 1) -> Blocks:
     """The tile configuration of ``kernel`` ("fwd", "dgrad" or "wgrad") for a GEMM shape and dtype.
 
     gemm_n: output columns (fwd: C_out, dgrad: C_in; wgrad: C_in columns of the weight tile);
     gemm_k_per_tap: reduced channels per tap (fwd: C_in, dgrad: C_out; wgrad: C_out rows of the
-    weight tile). A rule rather than timing: 128-row tiles (64 for wgrad, which also loops over
-    rows), the widest of 64/128 that the channels fill, 64-wide reduction steps for 16-bit dtypes
-    when the channels fill them (32 otherwise and for fp32, whose elements are twice as wide),
-    8 warps for 128x128 tiles, 3 pipeline stages (<= 96 KiB of shared memory for 16-bit
-    operands, within sm_80's 164 KiB and sm_90's 228 KiB).
+    weight tile); taps: KH * KW. A rule rather than timing: 128-row tiles (64 for wgrad, which also
+    loops over rows), the widest of 64/128 that the channels fill, 64-wide reduction steps for 16-bit
+    dtypes when the channels fill them (32 otherwise and for fp32, whose elements are twice as wide),
+    8 warps for 128x128 tiles (wgrad: from 128x64), 3 pipeline stages (<= 128 KiB of shared memory for 16-bit operands,
+    within sm_80's 164 KiB and sm_90's 228 KiB). The unrolled 3x3 taps keep a row pointer and a
+    border mask per tap live: 3x3 forward/dgrad tiles run 8 warps, and a 3x3 dgrad, whose prologue
+    also loads y, steps 32 channels at a time; a 64 (C_in) x 128 (C_out) wgrad tile runs 2 stages
+    (the configurations compile_check found spilling otherwise).
     """
     if INTERPRETED:  # small tiles: the test shapes get several tiles and tails on every axis
         if kernel == "wgrad":
@@ -88,10 +91,11 @@ def block_config(kernel: str, gemm_n: int, gemm_k_per_tap: int, dtype: torch.dty
     if kernel == "wgrad":  # [block_k (C_out) x block_n (C_in)] tile, block_m rows per step
         block_k = 128 if gemm_k_per_tap >= 128 else 64
         block_m = 64 if wide else 32
-        warps = 8 if block_n * block_k >= 128 * 128 else 4
-        return Blocks(block_m=block_m, block_n=block_n, block_k=block_k, num_warps=warps, num_stages=3)
-    block_k = 64 if wide and gemm_k_per_tap >= 64 else 32
-    warps = 8 if block_n >= 128 else 4
+        warps = 8 if block_n * block_k >= 128 * 64 else 4
+        stages = 2 if (block_n, block_k) == (64, 128) else 3  # 3 stages spill on sm_80 (compile_check)
+        return Blocks(block_m=block_m, block_n=block_n, block_k=block_k, num_warps=warps, num_stages=stages)
+    block_k = 64 if wide and gemm_k_per_tap >= 64 and not (kernel == "dgrad" and taps > 1) else 32
+    warps = 8 if block_n >= 128 or taps > 1 else 4
     return Blocks(block_m=128, block_n=block_n, block_k=block_k, num_warps=warps, num_stages=3)
 
 

@@ -51,12 +51,29 @@ def fake_target(arch: int) -> Iterator[FakeTargetDriver]:
     if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
         raise RuntimeError("fake_target: TRITON_INTERPRET is set; compile in a process without it")
     fake = FakeTargetDriver(arch)
+    _forget_targets()
     previous = driver._active  # None until first use; reset_active() would build the real (absent) driver
     driver.set_active(fake)
     try:
         yield fake
     finally:
         driver._active = previous
+        _forget_targets()
+
+
+def _forget_targets() -> None:
+    """Drop every JIT function's per-device state: it holds the target of the first compile for device 0, so a
+    kernel compiled for sm_80 would be returned again (not recompiled) for sm_90. The disk cache keys on the
+    target and stays valid."""
+    import gc
+    import warnings
+
+    from triton.runtime.jit import JITFunction
+    with warnings.catch_warnings():  # isinstance on deprecated module attributes warns
+        warnings.simplefilter("ignore")
+        functions = [obj for obj in gc.get_objects() if isinstance(obj, JITFunction)]
+    for fn in functions:
+        fn.device_caches.clear()
 
 
 def ptxas_path() -> str:

@@ -105,9 +105,9 @@ def _conv_dgrad_kernel(
                 k_ok = k < C_OUT
                 mask = pix_ok[:, None] & k_ok[None, :]
                 offs = out_rows[:, None] + k[None, :]
-                dy = tl.load(dz_ptr + offs, mask=mask, other=0.0)
+                dy = tl.load(dz_ptr + offs, mask=mask, other=0.0)  # activation operand
                 if BN_PROLOGUE:
-                    yv = tl.load(y_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+                    yv = tl.load(y_ptr + offs, mask=mask, other=0.0).to(tl.float32)  # activation operand
                     ca = tl.load(coef_a_ptr + k, mask=k_ok, other=0.0)
                     cb = tl.load(coef_b_ptr + k, mask=k_ok, other=0.0)
                     cc = tl.load(coef_c_ptr + k, mask=k_ok, other=0.0)
@@ -182,7 +182,7 @@ def conv_dgrad(dz: Tensor, weight: Tensor, input_size: tuple[int, int], stride=1
     prev = [check_vector(op, name, t, geom.c_in, dz.device)
             for name, t in (("scale_prev", scale_prev), ("shift_prev", shift_prev), ("mean_prev", mean_prev))]
 
-    blocks = block_config("dgrad", geom.c_in, geom.c_out, dz.dtype)
+    blocks = block_config("dgrad", geom.c_in, geom.c_out, dz.dtype, geom.kh * geom.kw)
     m = geom.input_rows
     tiles = triton.cdiv(m, blocks.block_m)
     g = channels_last_out(dz, geom.n, geom.c_in, h, w)

@@ -81,7 +81,7 @@ def _conv_fwd_kernel(
                 cin = c0 + ks
                 cin_ok = cin < C_IN
                 a_mask = pix_ok[:, None] & cin_ok[None, :]
-                a = tl.load(x_rows[:, None] + cin[None, :], mask=a_mask, other=0.0)  # activation tile
+                a = tl.load(x_rows[:, None] + cin[None, :], mask=a_mask, other=0.0)  # activation operand
                 if PROLOGUE:
                     sc = tl.load(scale_ptr + cin, mask=cin_ok, other=0.0)
                     sh = tl.load(shift_ptr + cin, mask=cin_ok, other=0.0)
@@ -121,7 +121,7 @@ def conv_forward(x: Tensor, weight: Tensor, stride=1, padding=0, scale: Optional
     shift = check_vector(op, "shift", shift, geom.c_in, x.device)
     prologue = scale is not None
 
-    blocks = block_config("fwd", geom.c_out, geom.c_in, x.dtype)
+    blocks = block_config("fwd", geom.c_out, geom.c_in, x.dtype, geom.kh * geom.kw)
     m = geom.rows
     tiles = triton.cdiv(m, blocks.block_m)
     y = channels_last_out(x, geom.n, geom.c_out, geom.oh, geom.ow)

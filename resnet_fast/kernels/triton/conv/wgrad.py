@@ -90,9 +90,9 @@ def _conv_wgrad_kernel(
         # dy tile [BLOCK_M, BLOCK_K]
         dy_mask = row_ok[:, None] & k_ok[None, :]
         dy_offs = rows[:, None] * C_OUT + k[None, :]
-        dy = tl.load(dz_ptr + dy_offs, mask=dy_mask, other=0.0)
+        dy = tl.load(dz_ptr + dy_offs, mask=dy_mask, other=0.0)  # activation operand
         if BN_PROLOGUE:
-            yv = tl.load(y_ptr + dy_offs, mask=dy_mask, other=0.0).to(tl.float32)
+            yv = tl.load(y_ptr + dy_offs, mask=dy_mask, other=0.0).to(tl.float32)  # activation operand
             dyf = ca[None, :] * dy.to(tl.float32) + cb[None, :] * yv + cc[None, :]
             dy = tl.where(dy_mask, dyf, 0.0).to(dz_ptr.dtype.element_ty)
         # activation tile [BLOCK_M, BLOCK_N] of this tap
@@ -100,7 +100,8 @@ def _conv_wgrad_kernel(
         iw = ow * STRIDE - PAD + s
         pix_ok = row_ok & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
         a_mask = pix_ok[:, None] & cin_ok[None, :]
-        a = tl.load(x_ptr + (((n * H + ih) * W + iw) * C_IN)[:, None] + cin[None, :], mask=a_mask, other=0.0)
+        x_rows = x_ptr + ((n * H + ih) * W + iw) * C_IN
+        a = tl.load(x_rows[:, None] + cin[None, :], mask=a_mask, other=0.0)  # activation operand
         if PROLOGUE:
             act = tl.maximum(a.to(tl.float32) * sc[None, :] + sh[None, :], 0.0)
             a = tl.where(a_mask, act, 0.0).to(x_ptr.dtype.element_ty)  # padding is 0 after the affine
@@ -159,7 +160,7 @@ def conv_wgrad(x: Tensor, dz: Tensor, weight_shape: tuple[int, int, int, int], s
                  lambda: f"{op}: out_dtype must be float16, bfloat16 or float32, got {out_dtype}")
     prologue, bn_prologue = scale is not None, y is not None
 
-    blocks = block_config("wgrad", geom.c_in, geom.c_out, x.dtype)
+    blocks = block_config("wgrad", geom.c_in, geom.c_out, x.dtype, geom.kh * geom.kw)
     splits, rows_per_split = wgrad_splits(geom, blocks)
     taps = geom.kh * geom.kw
     part = x.new_empty((splits, geom.c_out, geom.kh, geom.kw, geom.c_in), dtype=torch.float32)
