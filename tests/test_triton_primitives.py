@@ -3,8 +3,7 @@
 Without a CUDA device the kernels run on CPU tensors under the Triton interpreter
 (TRITON_INTERPRET=1, set below before triton is imported): tiny shapes only, whose
 interpreter tiles (8 x 4 or 8 x 8) and H*W splits (8 positions) still give several blocks, masked
-tails and multi-split merges. With a GPU the same tests also run at ResNet-like shapes,
-plus opcheck of the triton_op registrations.
+tails and multi-split merges. With a GPU the same tests also run at ResNet-like shapes.
 """
 import os
 
