@@ -228,7 +228,7 @@ class Normalized:
     var_update: Tensor  # unbiased batch variance (training: updates running_var)
     scale: Tensor
     shift: Tensor
-    count: int  # values per channel over all ranks
+    count: int  # values per channel (over all ranks in the forward under SyncBN; this rank's in backward)
 
 
 @dataclass
