@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import resnet_fast
-from resnet_fast import _build_config, _extension
+from resnet_fast import _build_config, _extension, ops
 
 FUSED_OPS = ("conv_bn_relu", "bn_add_relu", "squeeze_excite", "bn_relu")
 
@@ -43,8 +43,11 @@ print("status", _extension.status["how"], backend.resolve("bn_stats", x.device),
 
 
 def test_registered_ops_exist():
-    for name in FUSED_OPS + _extension.OPS:
+    """The primitives are registered ops; the fused ops are Functions over them, callable from resnet_fast.ops."""
+    for name in _extension.OPS:
         assert hasattr(torch.ops.resnet_fast, name), name
+    for name in FUSED_OPS:
+        assert callable(getattr(ops, name)) and not hasattr(torch.ops.resnet_fast, name), name
 
 
 def test_info_runs():
