@@ -374,15 +374,18 @@ def bn_act_backward(prims, grad_out: Tensor, y: Tensor, params: BNParams, norm: 
 
     grad_res_weight = grad_res_bias = None
     res_k = (None, None, None, None)
-    if res_norm is not None:
-        if needs.get("res_weight") or needs.get("res_bias"):
-            g_w, g_b, _, _, _ = prims.bn_backward_finalize(sum_g, sum_g_res, res_norm.invstd, res_params.weight,
-                                                           res_norm.count, 0, use_batch_stats)
-            grad_res_weight = _as(g_w, res_params.weight, needs.get("res_weight"))
-            grad_res_bias = _as(g_b, res_params.bias, needs.get("res_bias"))
+    if res_norm is not None and (needs.get("res_weight") or needs.get("res_bias") or needs.get("residual")):
+        # This rank's sums give d(gamma), d(beta); the input-gradient coefficients take every rank's
+        # (the same sums without SyncBN: one finalize serves both).
+        g_w, g_b, r_k_g, r_k_0, r_k_y = prims.bn_backward_finalize(sum_g, sum_g_res, res_norm.invstd,
+                                                                   res_params.weight, res_norm.count, 0,
+                                                                   use_batch_stats)
+        grad_res_weight = _as(g_w, res_params.weight, needs.get("res_weight"))
+        grad_res_bias = _as(g_b, res_params.bias, needs.get("res_bias"))
         if needs.get("residual"):
-            _, _, r_k_g, r_k_0, r_k_y = prims.bn_backward_finalize(
-                res_sums[0], res_sums[1], res_norm.invstd, res_params.weight, res_count, 0, use_batch_stats)
+            if sync:
+                _, _, r_k_g, r_k_0, r_k_y = prims.bn_backward_finalize(
+                    res_sums[0], res_sums[1], res_norm.invstd, res_params.weight, res_count, 0, use_batch_stats)
             res_k = (r_k_g, r_k_0, r_k_y, res_norm.mean)
     elif residual is not None and needs.get("residual"):  # plain identity: d residual = g
         ones = norm.invstd.new_ones(norm.invstd.shape)

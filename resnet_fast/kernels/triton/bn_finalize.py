@@ -15,7 +15,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import INTERPRETED, acc_dtype, launch, on_device
+from ._common import INTERPRETED, launch, on_device
 
 Tensor = torch.Tensor
 
@@ -227,4 +227,4 @@ def bn_backward_finalize(sum_dz: Tensor, sum_dz_y: Tensor, invstd: Tensor, weigh
     return grad_weight, grad_bias, k_g, k_0, k_y
 
 
-__all__ = ["bn_finalize", "bn_backward_finalize", "forward_coefficients", "backward_coefficients", "acc_dtype"]
+__all__ = ["bn_finalize", "bn_backward_finalize", "forward_coefficients", "backward_coefficients"]
