@@ -1,6 +1,7 @@
 """resnet_fast: fused Conv-BN-ReLU, residual BN-add-ReLU and Squeeze-Excitation for ResNets."""
 from . import ops
 from .backend import get_backend, set_backend
+from .conv_backend import get_conv_backend, set_conv_backend
 from ._weight_cache import inference_cache
 from . import models
 from .models import (convert, get_model, list_models, preact_resnet18, preact_resnet34, preact_resnet50,
@@ -10,5 +11,5 @@ from .models import (convert, get_model, list_models, preact_resnet18, preact_re
                      wide_resnet101_2)
 
 __version__ = "0.1.0"
-__all__ = ["ops", "set_backend", "get_backend", "inference_cache", "__version__"]
+__all__ = ["ops", "set_backend", "get_backend", "set_conv_backend", "get_conv_backend", "inference_cache", "__version__"]
 __all__ += ["models", "convert", "get_model", "list_models"] + models.list_models()
