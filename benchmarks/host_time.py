@@ -6,7 +6,7 @@ autograd, the dispatcher. On a GPU this is the floor of a layer's time at small 
 in alternation, round by round, each round the median of CALLS calls; the table gives the
 median over rounds and the median of the per-round ratios.
 
-    PYTHONPATH=. python benchmarks/host_time.py [--backend cpu] [--rounds 7] [--calls 300]
+    PYTHONPATH=. python benchmarks/host_time.py [--backend cpu] [--rounds 7] [--calls 300] [--threads 1]
 """
 from __future__ import annotations
 
@@ -58,8 +58,11 @@ def main() -> None:
     parser.add_argument("--backend", default="cpu")
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--calls", type=int, default=300)
+    parser.add_argument("--threads", type=int, default=1,
+                        help="intra-op threads (default 1: the kernels are trivial here, and on a shared machine "
+                             "waking OpenMP workers adds noise that is not host time)")
     args = parser.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     resnet_fast.set_backend(args.backend)
     print(f"| op (8x64x2x2 fp32 channels_last, fwd+bwd) | eager us | resnet_fast ({args.backend}) us "
           f"| resnet_fast / eager |")

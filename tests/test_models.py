@@ -221,6 +221,39 @@ def test_swapped_activation_falls_back_to_eager():
     compare_models(ours, ref, make_input(), train=True)
 
 
+def test_block_plan_is_made_once_per_module_state(monkeypatch):
+    """A block decides what it fuses once (models/_fusion.plan_of), not per forward, and decides
+    again after a change made after its first forward: a swapped activation, a hook, a padding."""
+    ours, ref = tiny_pair(num_classes=3)
+    x = make_input()
+    calls = []
+    real = blocks.se_weights
+    monkeypatch.setattr(blocks, "se_weights", lambda se: calls.append(se) or real(se))
+    compare_models(ours, ref, x, train=True)
+    made = len(calls)
+    assert made == sum(isinstance(m, blocks._ResidualBlock) for m in ours.modules())
+    compare_models(ours, ref, x, train=True)
+    assert len(calls) == made  # same state: no new decision
+
+    for model in (ours, ref):  # changed after the first forward: eager with the new activation
+        model.layer1[0].relu = nn.SiLU()
+    compare_models(ours, ref, x, train=True)
+    assert len(calls) > made
+
+    seen = []
+    ours.layer2[0].bn2.register_forward_hook(lambda m, i, o: seen.append(o.shape))
+    compare_models(ours, ref, x, train=True)
+    assert seen == [torch.Size([2, 128, 6, 6])]  # the hook added after the first forward fired
+
+    block = ours.layer3[0]
+    before = block.__dict__["_fusion_plan"][1]
+    for model in (ours, ref):
+        model.layer3[0].conv2.padding_mode = "reflect"
+    compare_models(ours, ref, x, train=True)
+    assert block.__dict__["_fusion_plan"][1] is None  # a reflect-padded conv runs the block eagerly
+    assert before is not None
+
+
 def test_other_norm_layer_falls_back_to_eager():
     norm = functools.partial(nn.GroupNorm, 4)
     torch.manual_seed(0)

@@ -36,6 +36,24 @@ def test_fused_ops_are_functions_not_ops():
     assert not any(hasattr(torch.ops.resnet_fast, f"triton_{name}") for name in PRIMITIVES)
 
 
+def test_plain_eager_applies_the_old_style_twin():
+    """Plain eager takes each Function's old-style twin (ops/_function.py: its apply costs a fraction
+    of the setup_context style's); a torch.func transform takes the setup_context class."""
+    x = torch.randn(2, 5, 3, 3, requires_grad=True)
+    weight, bias, running_mean, running_var = _bn(5)
+    out = ops.bn_relu(x, weight, bias, running_mean, running_var, training=True)
+    assert type(out.grad_fn).__name__ == "BnReluFunctionPlainBackward"
+    identity = torch.randn(2, 5, 3, 3, requires_grad=True)
+    out = ops.bn_add_relu(x, weight, bias, running_mean, running_var, identity, training=True)
+    assert type(out.grad_fn).__name__ == "BnAddReluFunctionPlainBackward"
+
+    def loss(x):
+        return ops.bn_relu(x, weight, bias, None, None, training=True).sum()
+
+    assert torch.allclose(torch.func.grad(loss)(x.detach()), torch.autograd.grad(
+        ops.bn_relu(x, weight, bias, None, None, training=True).sum(), x)[0], atol=1e-6)
+
+
 def primitive_samples(fmt):
     """(primitive, args) samples: both layouts, with and without the optional tensors."""
     y = torch.randn(2, 5, 4, 3).contiguous(memory_format=fmt)

@@ -82,9 +82,19 @@ def _sync_group_name(bn: nn.Module) -> str:
     return group.group_name if dist.get_world_size(group) > 1 else ""
 
 
-def norm_args(bn: nn.Module) -> Optional[NormArgs]:
-    """The fused-op arguments of BatchNorm ``bn``, or None when only its own forward is exact."""
+BATCH_NORM, FROZEN = "batch_norm", "frozen"  # the kinds of norm the ops express
+
+
+def norm_kind(bn: nn.Module) -> Optional[str]:
+    """BATCH_NORM, FROZEN, or None when only ``bn``'s own forward is exact (a decision of its type)."""
     if isinstance(bn, (nn.BatchNorm2d, nn.SyncBatchNorm)) and type(bn).forward in _BN_FORWARDS:
+        return BATCH_NORM
+    return FROZEN if _is_frozen_bn(bn) else None
+
+
+def pack_norm(bn: nn.Module, kind: str) -> NormArgs:
+    """``bn``'s tensors and settings as fused-op arguments, for a norm of ``kind`` (norm_kind(bn))."""
+    if kind == BATCH_NORM:
         # As _BatchNorm.forward: buffers are read in eval, and read and updated in training only
         # when tracked; the ops use batch statistics when training or when given no buffers.
         use_buffers = not bn.training or bn.track_running_stats
@@ -92,9 +102,13 @@ def norm_args(bn: nn.Module) -> Optional[NormArgs]:
         return NormArgs(bn.weight, bn.bias, bn.running_mean if use_buffers else None,
                         bn.running_var if use_buffers else None, bn.num_batches_tracked if tracked else None,
                         bn.training, bn.momentum, bn.eps, _sync_group_name(bn))
-    if _is_frozen_bn(bn):
-        return NormArgs(bn.weight, bn.bias, bn.running_mean, bn.running_var, None, False, 0.0, bn.eps, "")
-    return None
+    return NormArgs(bn.weight, bn.bias, bn.running_mean, bn.running_var, None, False, 0.0, bn.eps, "")
+
+
+def norm_args(bn: nn.Module) -> Optional[NormArgs]:
+    """The fused-op arguments of BatchNorm ``bn``, or None when only its own forward is exact."""
+    kind = norm_kind(bn)
+    return None if kind is None else pack_norm(bn, kind)
 
 
 def uses_batch_stats(bn: nn.Module) -> bool:
@@ -118,17 +132,48 @@ def hooked(*modules: nn.Module) -> bool:
                for m in modules)
 
 
-def has_hooks(module: nn.Module) -> bool:
-    """Any hook on a module below ``module`` (its own hooks run around its forward anyway)."""
-    stack = list(module._modules.values())
-    while stack:
-        m = stack.pop()
-        if m is None:
-            continue
-        if m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or m._backward_pre_hooks:
-            return True
-        stack.extend(m._modules.values())
-    return False
+def submodules(module: nn.Module) -> tuple:
+    """Every module below ``module``."""
+    return tuple(m for m in module.modules() if m is not module)
+
+
+# ----------------------------------------------------------------------------- plans
+# A block decides what it can fuse once per module state, not per forward: its plan holds the
+# decisions (which path, each norm's kind, which convolutions are fusable), never tensors, and
+# is made again when the state it was made for changes. What a plan depends on changes by
+#  * assigning a submodule, parameter or buffer anywhere (a swapped activation, a conv given a
+#    bias, a norm replaced): the global registration hooks below count these;
+#  * a convolution's padding or padding mode (plain attributes): part of the plan's key;
+#  * hooks added to a submodule: checked on every forward over the plan's module list (a few
+#    dictionary truth tests).
+# Everything else the ops read (training flags, momentum, eps, the tensors) is read per forward.
+_structure_version = 0
+
+
+def _structure_changed(*_args) -> None:
+    global _structure_version
+    _structure_version += 1
+
+
+for _register in (nn.modules.module.register_module_module_registration_hook,
+                  nn.modules.module.register_module_parameter_registration_hook,
+                  nn.modules.module.register_module_buffer_registration_hook):
+    _register(_structure_changed)
+
+
+def plan_of(block: nn.Module, convs: tuple, make):
+    """``block``'s plan for its current state: ``make()``'s result, kept on the block and made again
+    when a module structure changed or a convolution in ``convs`` changed its padding. Under
+    torch.compile the plan is made while tracing (the decision is a guard of the graph, not kept)."""
+    if torch.compiler.is_compiling():
+        return make()
+    key = (_structure_version,) + tuple((c.padding, c.padding_mode) for c in convs)
+    cached = block.__dict__.get("_fusion_plan")
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    plan = make()
+    block.__dict__["_fusion_plan"] = (key, plan)  # a plain attribute: not in the state_dict
+    return plan
 
 
 def conv_bn(x: Tensor, conv: nn.Conv2d, bn: NormArgs, relu: bool = True, residual: Optional[Tensor] = None,
@@ -167,42 +212,70 @@ def recompute_conv_inputs() -> bool:
     return torch.is_grad_enabled()
 
 
-def downsample_parts(downsample: Optional[nn.Module]):
-    """(conv, NormArgs) of a torchvision-style ``Sequential(conv, bn)`` downsample, else None."""
+@dataclass(frozen=True)
+class DownsamplePlan:
+    """What a block decided about its downsample (see plan_of): a torchvision-style
+    ``Sequential(conv, bn)`` whose norm the ops express (``bn_kind``), and whether its
+    convolution fuses; ``bn_kind`` None for any other module (called as it is)."""
+    bn_kind: Optional[str]
+    conv_fusable: bool
+
+
+def downsample_plan(downsample: Optional[nn.Module]) -> Optional[DownsamplePlan]:
+    """The decisions about ``downsample``; None without one."""
+    if downsample is None:
+        return None
     if isinstance(downsample, nn.Sequential) and len(downsample) == 2 and isinstance(downsample[0], nn.Conv2d):
-        args = norm_args(downsample[1])
-        if args is not None:
-            return downsample[0], args
-    return None
+        kind = norm_kind(downsample[1])
+        if kind is not None:
+            return DownsamplePlan(kind, fusable_conv(downsample[0]))
+    return DownsamplePlan(None, False)
+
+
+def downsample_parts(downsample: Optional[nn.Module], plan: Optional[DownsamplePlan] = None):
+    """(conv, NormArgs) of a torchvision-style ``Sequential(conv, bn)`` downsample, else None;
+    ``plan``: its downsample_plan, when the block has it already."""
+    if plan is None:
+        plan = downsample_plan(downsample)
+    if plan is None or plan.bn_kind is None:
+        return None
+    return downsample[0], pack_norm(downsample[1], plan.bn_kind)
 
 
 def conv_residual_tail(out: Tensor, conv: nn.Conv2d, bn: NormArgs, x: Tensor, downsample: Optional[nn.Module],
-                       se: tuple = ()) -> Tensor:
+                       se: tuple = (), plan: Optional[DownsamplePlan] = None, conv_fusable: Optional[bool] = None) -> Tensor:
     """relu(bn(conv(out)) [* SE gate] + identity): a block's last convolution and its tail.
 
     In inference (running statistics, no autograd, no SE) the convolution takes the whole
     tail as its epilogue: one conv_bn_relu with ``residual``, BN folded into the weights,
     identity = x or the downsample's folded conv_bn. Otherwise the convolution, then the
-    fused tail op (``residual_tail``).
+    fused tail op (``residual_tail``). ``plan``: the downsample's plan; ``conv_fusable``:
+    fusable_conv(conv), when the block decided it already.
     """
-    if not se and not bn.uses_batch_stats and not torch.is_grad_enabled() and fusable_conv(conv):
-        return conv_bn(out, conv, bn, residual=identity_branch(x, downsample))
-    return residual_tail(conv(out), bn, x, downsample, se)
+    if conv_fusable is None:
+        conv_fusable = fusable_conv(conv)
+    if not se and not bn.uses_batch_stats and not torch.is_grad_enabled() and conv_fusable:
+        return conv_bn(out, conv, bn, residual=identity_branch(x, downsample, plan=plan))
+    return residual_tail(conv(out), bn, x, downsample, se, plan)
 
 
-def identity_branch(x: Tensor, downsample: Optional[nn.Module], recompute: bool = False) -> Tensor:
+def identity_branch(x: Tensor, downsample: Optional[nn.Module], recompute: bool = False,
+                    plan: Optional[DownsamplePlan] = None) -> Tensor:
     """The block's identity branch on its own: x, a ``Sequential(conv, bn)`` downsample as one
     conv_bn (no ReLU; ``recompute``: its convolution recomputed in backward, not kept), or any
-    other downsample module called."""
+    other downsample module called; ``plan``: the downsample's plan, when the block has it."""
     if downsample is None:
         return x
-    parts = downsample_parts(downsample)
-    if parts is not None and fusable_conv(parts[0]):
+    if plan is None:
+        plan = downsample_plan(downsample)
+    parts = downsample_parts(downsample, plan)
+    if parts is not None and plan.conv_fusable:
         return conv_bn(x, parts[0], parts[1], relu=False, recompute=recompute)
     return downsample(x)
 
 
-def residual_tail(y: Tensor, bn: NormArgs, x: Tensor, downsample: Optional[nn.Module], se: tuple = ()) -> Tensor:
+def residual_tail(y: Tensor, bn: NormArgs, x: Tensor, downsample: Optional[nn.Module], se: tuple = (),
+                  plan: Optional[DownsamplePlan] = None) -> Tensor:
     """relu(bn(y) [* SE gate] + identity), identity = x or downsample(x), through one fused op.
 
     ``se``: (fc1.weight, fc1.bias, fc2.weight, fc2.bias) of the SE module, or () without SE.
@@ -212,11 +285,11 @@ def residual_tail(y: Tensor, bn: NormArgs, x: Tensor, downsample: Optional[nn.Mo
     momentum, eps and process group (always, in the models built here); otherwise as a
     separate conv_bn (no ReLU), or, for any other module, by calling it.
     """
-    parts = downsample_parts(downsample)
+    parts = downsample_parts(downsample, plan)
     if parts is not None and parts[1].shares_config(bn):
         identity, identity_bn = parts[0](x), parts[1].identity_bn
     else:
-        identity, identity_bn = identity_branch(x, downsample), None
+        identity, identity_bn = identity_branch(x, downsample, plan=plan), None
     if se:
         return ops.squeeze_excite(y, *bn.tensors, *se, identity, identity_bn=identity_bn, **bn.kwargs)
     return ops.bn_add_relu(y, *bn.tensors, identity, identity_bn=identity_bn, **bn.kwargs)

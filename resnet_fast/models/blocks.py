@@ -16,6 +16,7 @@ Each block also describes the spatial size at each of its BatchNorms
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable, Optional
 
 import torch
@@ -23,8 +24,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import ops
-from ._fusion import (bn_relu_conv, conv_add, conv_bn, conv_residual_tail, downsample_parts, fusable_conv,
-                      has_hooks, identity_branch, norm_args, recompute_conv_inputs, residual_tail)
+from ._fusion import (DownsamplePlan, bn_relu_conv, conv_add, conv_bn, conv_residual_tail, downsample_parts,
+                      downsample_plan, fusable_conv, hooked, identity_branch, norm_kind, pack_norm, plan_of,
+                      recompute_conv_inputs, residual_tail, submodules)
 
 Tensor = torch.Tensor
 
@@ -100,18 +102,38 @@ def se_weights(se: Optional[nn.Module]):
     return None
 
 
+@dataclass(frozen=True)
+class _BlockPlan:
+    """What a residual block decided it can fuse (``_fusion.plan_of``): decisions, no tensors."""
+    modules: tuple  # every submodule: a hook on any of them sends the forward to the eager path
+    norm_kinds: tuple  # _fusion.norm_kind of each norm, in the block's order
+    last_conv_fusable: bool  # the last convolution can take its BN (and the tail) as an op
+    downsample: Optional[DownsamplePlan]
+
+
 class _ResidualBlock(nn.Module):
     """What BasicBlock and Bottleneck share: the fused/eager dispatch and the block tail."""
 
-    def _fused_norms(self, convs_fused: tuple, norms: tuple):
-        """NormArgs of ``norms`` when the whole block can run fused, else None."""
-        se = se_weights(self.se)
-        # The ops apply ReLU: a block whose activation was swapped (e.g. for SiLU) runs eagerly.
-        if (se is None or type(self.relu) is not nn.ReLU or not all(fusable_conv(c) for c in convs_fused)
-                or has_hooks(self)):
+    def _plan(self, convs_fused: tuple, last_conv: nn.Conv2d, norms: tuple) -> Optional[_BlockPlan]:
+        """The block's plan, or None when the whole block runs eagerly (made once per module state)."""
+        def make() -> Optional[_BlockPlan]:
+            kinds = tuple(norm_kind(n) for n in norms)
+            # The ops apply ReLU: a block whose activation was swapped (e.g. for SiLU) runs eagerly.
+            if (se_weights(self.se) is None or type(self.relu) is not nn.ReLU or None in kinds
+                    or not all(fusable_conv(c) for c in convs_fused)):
+                return None
+            return _BlockPlan(submodules(self), kinds, fusable_conv(last_conv), downsample_plan(self.downsample))
+
+        return plan_of(self, convs_fused + (last_conv,), make)
+
+    def _fused_norms(self, convs_fused: tuple, last_conv: nn.Conv2d, norms: tuple):
+        """(plan, NormArgs of ``norms``, SE weights) when the whole block can run fused, else None."""
+        plan = self._plan(convs_fused, last_conv, norms)
+        if plan is None or hooked(*plan.modules):
             return None
-        args = [norm_args(n) for n in norms]
-        return None if any(a is None for a in args) else (args, se)
+        args = [pack_norm(n, kind) for n, kind in zip(norms, plan.norm_kinds)]
+        se = () if self.se is None else (self.se.fc1.weight, self.se.fc1.bias, self.se.fc2.weight, self.se.fc2.bias)
+        return plan, args, se
 
     def _eager_tail(self, out: Tensor, x: Tensor) -> Tensor:
         if self.se is not None:
@@ -162,14 +184,16 @@ class BasicBlock(_ResidualBlock):
         return self.bn2
 
     def forward(self, x: Tensor) -> Tensor:
-        fused = self._fused_norms((self.conv1,), (self.bn1, self.bn2))
+        fused = self._fused_norms((self.conv1,), self.conv2, (self.bn1, self.bn2))
         if fused is None:
             return self.forward_eager(x)
-        (bn1, bn2), se = fused
-        if recompute_conv_inputs() and fusable_conv(self.conv2):
-            return residual_tail(bn_relu_conv(self.conv1(x), bn1, self.conv2), bn2, x, self.downsample, se)
+        plan, (bn1, bn2), se = fused
+        if recompute_conv_inputs() and plan.last_conv_fusable:
+            return residual_tail(bn_relu_conv(self.conv1(x), bn1, self.conv2), bn2, x, self.downsample, se,
+                                 plan.downsample)
         out = conv_bn(x, self.conv1, bn1)
-        return conv_residual_tail(out, self.conv2, bn2, x, self.downsample, se)
+        return conv_residual_tail(out, self.conv2, bn2, x, self.downsample, se, plan.downsample,
+                                  plan.last_conv_fusable)
 
     def forward_eager(self, x: Tensor) -> Tensor:
         """torchvision's BasicBlock.forward (timm's with SE): module by module."""
@@ -217,24 +241,25 @@ class Bottleneck(_ResidualBlock):
         return self.bn3
 
     def forward(self, x: Tensor) -> Tensor:
-        fused = self._fused_norms((self.conv1, self.conv2), (self.bn1, self.bn2, self.bn3))
+        fused = self._fused_norms((self.conv1, self.conv2), self.conv3, (self.bn1, self.bn2, self.bn3))
         if fused is None:
             return self.forward_eager(x)
-        (bn1, bn2, bn3), se = fused
-        if recompute_conv_inputs() and fusable_conv(self.conv3):
+        plan, (bn1, bn2, bn3), se = fused
+        if recompute_conv_inputs() and plan.last_conv_fusable:
             # Autograd keeps x and the three raw convolution outputs; relu(bn(.)) is recomputed.
             out = bn_relu_conv(self.conv1(x), bn1, self.conv2)
             if self.low_memory and not se:
                 # Keeps relu(bn2(.)) (width w) and the block output (the next block's input, kept
                 # anyway) instead of conv3's output (4w): conv3 reruns in backward.
                 out = ops.bn_relu(out, *bn2.tensors, **bn2.kwargs)
-                identity = identity_branch(x, self.downsample, recompute=True)
+                identity = identity_branch(x, self.downsample, recompute=True, plan=plan.downsample)
                 return conv_bn(out, self.conv3, bn3, residual=identity, recompute=True)
             out = bn_relu_conv(out, bn2, self.conv3)
-            return residual_tail(out, bn3, x, self.downsample, se)
+            return residual_tail(out, bn3, x, self.downsample, se, plan.downsample)
         out = conv_bn(x, self.conv1, bn1)
         out = conv_bn(out, self.conv2, bn2)
-        return conv_residual_tail(out, self.conv3, bn3, x, self.downsample, se)
+        return conv_residual_tail(out, self.conv3, bn3, x, self.downsample, se, plan.downsample,
+                                  plan.last_conv_fusable)
 
     def forward_eager(self, x: Tensor) -> Tensor:
         """torchvision's Bottleneck.forward (timm's with SE): module by module."""
@@ -289,12 +314,25 @@ class _PreActBlock(nn.Module):
     def _convs_norms(self) -> tuple[list, list]:
         raise NotImplementedError
 
+    def _plan(self, convs: list, norms: list) -> Optional[tuple]:
+        """(submodules, norm kinds, last conv fusable), or None when the block runs eagerly (made once
+        per module state: _fusion.plan_of)."""
+        def make() -> Optional[tuple]:
+            kinds = tuple(norm_kind(n) for n in norms)
+            if None in kinds or not all(fusable_conv(c) for c in convs[:-1]):
+                return None
+            return submodules(self), kinds, fusable_conv(convs[-1])
+
+        return plan_of(self, tuple(convs), make)
+
     def forward(self, x: Tensor) -> Tensor:
         convs, norms = self._convs_norms()
-        args = [norm_args(n) for n in norms]
-        if any(a is None for a in args) or not all(fusable_conv(c) for c in convs[:-1]) or has_hooks(self):
+        plan = self._plan(convs, norms)
+        if plan is None or hooked(*plan[0]):
             return self.forward_eager(x)
-        if recompute_conv_inputs() and fusable_conv(convs[-1]):
+        _, kinds, last_conv_fusable = plan
+        args = [pack_norm(n, kind) for n, kind in zip(norms, kinds)]
+        if recompute_conv_inputs() and last_conv_fusable:
             # Autograd keeps x and the raw convolution outputs; every relu(norm(.)) is recomputed,
             # except the pre-activated input a projection shortcut consumes.
             if self.downsample is None:

@@ -6,11 +6,13 @@ where gate = 1 for bn_add_relu and the Squeeze-Excitation gate for squeeze_excit
 Functions take (y, BN tensors, identity, identity-BN tensors[, SE weights], config) with
 config = (identity_bn, use_batch_stats, eps, relu, group_name), and return
 
-    (out, mean, var_update, id_mean, id_var_update,            what the caller uses
-     invstd, scale, shift, id_invstd, id_scale, id_shift       what backward saves
-     [, a, sample_mean, squeeze, gate, hidden])                 (SE)
+    (out, mean, var_update,                                    what the caller uses
+     invstd, scale, shift,                                     what backward saves
+     [id_mean, id_var_update, id_invstd, id_scale, id_shift]   (identity BN)
+     [a, sample_mean, squeeze, gate, hidden])                  (SE)
 
-with empty tensors for an identity without BN. The running statistics are updated after
+(no identity-BN outputs for an identity without BN: every output costs host time in
+Function.apply). The running statistics are updated after
 the Function (main and identity BN). Backward saves y and identity only (identity is the
 block input, which the block's first convolution saves anyway) and per-channel vectors.
 """
@@ -27,9 +29,6 @@ from ._function import FusedFunction
 
 Tensor = torch.Tensor
 
-N_PUBLIC = 5  # outputs the caller reads
-
-
 def _compute(prims, y, weight, bias, running_mean, running_var, identity, id_weight, id_bias, id_running_mean,
              id_running_var, se, config):
     identity_bn, use_batch_stats, eps, relu, group_name = config
@@ -37,12 +36,9 @@ def _compute(prims, y, weight, bias, running_mean, running_var, identity, id_wei
     id_params = _bn.BNParams(id_weight, id_bias, id_running_mean, id_running_var) if identity_bn else None
     r = _bn.bn_act_forward(prims, y, params, use_batch_stats, eps, relu, identity, id_params, se, group_name)
     norm, id_norm = r.norm, r.res_norm
-    if id_norm is None:
-        id_outputs = tuple(_bn.empty_stats(y) for _ in range(5))
-    else:
-        id_outputs = (id_norm.mean, id_norm.var_update, id_norm.invstd, id_norm.scale, id_norm.shift)
-    outputs = (r.out, norm.mean, norm.var_update, id_outputs[0], id_outputs[1], norm.invstd, norm.scale, norm.shift,
-               *id_outputs[2:])
+    outputs = (r.out, norm.mean, norm.var_update, norm.invstd, norm.scale, norm.shift)
+    if id_norm is not None:
+        outputs += (id_norm.mean, id_norm.var_update, id_norm.invstd, id_norm.scale, id_norm.shift)
     if se is not None:
         outputs += (r.se.a, r.se.sample_mean, r.se.squeeze, r.se.gate, r.se.hidden)
     return outputs
@@ -51,9 +47,13 @@ def _compute(prims, y, weight, bias, running_mean, running_var, identity, id_wei
 def _save(ctx, inputs, output, se_tensors=()):
     y, weight, bias, _, _, identity, id_weight, id_bias, _, _ = inputs[:10]
     config = inputs[-1]
-    (_, mean, _, id_mean, _, invstd, scale, shift, id_invstd, id_scale, id_shift) = output[:11]
-    ctx.save_for_backward(y, weight, bias, identity, id_weight, id_bias, mean, invstd, scale, shift, id_mean,
-                          id_invstd, id_scale, id_shift, *se_tensors, *output[11:])
+    _, mean, _, invstd, scale, shift = output[:6]
+    id_saved, rest = (None,) * 4, output[6:]
+    if config[0]:  # identity BN
+        id_mean, _, id_invstd, id_scale, id_shift = output[6:11]
+        id_saved, rest = (id_mean, id_invstd, id_scale, id_shift), output[11:]
+    ctx.save_for_backward(y, weight, bias, identity, id_weight, id_bias, mean, invstd, scale, shift, *id_saved,
+                          *se_tensors, *rest)
     ctx.config = config
     ctx.mark_non_differentiable(*output[1:])
     ctx.set_materialize_grads(False)  # no zero-filled gradients for the statistics
@@ -194,11 +194,11 @@ def call(op_name: str, function, y: Tensor, bn: tuple, identity: Tensor, identit
     identity = _bn.match_layout(identity, y)
     config = (has_id_bn, use_batch_stats, eps, relu, group_name)
     with autocast_disabled(y):
-        out, mean, var, id_mean, id_var = function.call(y, weight, bias, running_mean, running_var, identity,
-                                                        id_weight, id_bias, id_running_mean, id_running_var, *extra,
-                                                        config)[:N_PUBLIC]
+        outputs = function.call(y, weight, bias, running_mean, running_var, identity, id_weight, id_bias,
+                                id_running_mean, id_running_var, *extra, config)
     if training and running_mean is not None:
-        _bn.update_running_stats(running_mean, running_var, num_batches_tracked, mean, var, momentum)
+        _bn.update_running_stats(running_mean, running_var, num_batches_tracked, outputs[1], outputs[2], momentum)
         if has_id_bn and id_running_mean is not None:
-            _bn.update_running_stats(id_running_mean, id_running_var, id_num_batches, id_mean, id_var, momentum)
-    return out
+            _bn.update_running_stats(id_running_mean, id_running_var, id_num_batches, outputs[6], outputs[7],
+                                     momentum)
+    return outputs[0]

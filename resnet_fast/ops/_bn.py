@@ -55,7 +55,12 @@ def require(condition, message) -> None:
         raise RuntimeError(message())
 
 
+_ACTIVATION_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
 def check_activation(op: str, name: str, t: Tensor) -> None:
+    if type(t) is Tensor and t.dim() == 4 and t.dtype in _ACTIVATION_DTYPES:
+        return  # the common case without building the messages' closures (host time per call)
     require(isinstance(t, Tensor), lambda: f"{op}: {name} must be a Tensor, got {type(t).__name__}")
     require(t.dim() == 4, lambda: f"{op}: expected {name} to be 4-D (N, C, H, W), got {t.dim()}-D "
                                        f"of shape {tuple(t.shape)}")
@@ -87,6 +92,13 @@ def check_bn_vectors(op: str, params: "BNParams", channels: int, like: Tensor, p
                      affine_prefix: Optional[str] = None) -> None:
     """The BN's weight, bias, running_mean, running_var against ``channels``, named with ``prefix``;
     ``affine_prefix`` names weight and bias apart (ops with a conv weight too: bn_weight, bn_bias)."""
+    device = like.device
+    for t in (params.weight, params.bias, params.running_mean, params.running_var):
+        if t is not None and not (t.dim() == 1 and t.shape[0] == channels and t.device == device
+                                  and t.is_floating_point()):
+            break
+    else:
+        return  # all fine: checked without building the messages' closures (host time per call)
     affine_prefix = prefix if affine_prefix is None else affine_prefix
     for name in ("weight", "bias", "running_mean", "running_var"):
         check_channel_vector(op, (prefix if "running" in name else affine_prefix) + name, getattr(params, name),
@@ -94,6 +106,8 @@ def check_bn_vectors(op: str, params: "BNParams", channels: int, like: Tensor, p
 
 
 def check_same_shape(op: str, name: str, t: Tensor, like: Tensor) -> None:
+    if t.shape == like.shape and t.dtype == like.dtype and t.device == like.device:
+        return
     require(t.shape == like.shape,
                  lambda: f"{op}: {name} has shape {tuple(t.shape)}, expected {tuple(like.shape)}")
     require(t.dtype == like.dtype, lambda: f"{op}: {name} has dtype {t.dtype}, expected {like.dtype}")
@@ -403,14 +417,18 @@ def bn_act_backward(prims, grad_out: Tensor, y: Tensor, params: BNParams, norm: 
 
 
 # ----------------------------------------------------------------------------- running statistics
-@torch.no_grad()
 def update_running_stats(running_mean: Optional[Tensor], running_var: Optional[Tensor],
                          num_batches_tracked: Optional[Tensor], batch_mean: Tensor, unbiased_var: Tensor,
                          momentum: Optional[float]) -> None:
-    """nn.BatchNorm's update with the batch's unbiased variance: momentum, or None for the cumulative average."""
+    """nn.BatchNorm's update with the batch's unbiased variance: momentum, or None for the cumulative average.
+
+    No grad mode to turn off: the buffers and the statistics (non-differentiable outputs) never
+    require grad, so autograd records nothing here (and the context manager cost host time)."""
     if running_mean is None:
         return
-    if forward_ad._current_level >= 0:  # the statistics may carry tangents; the buffers must not
+    if forward_ad._current_level >= 0 or batch_mean.requires_grad or unbiased_var.requires_grad:
+        # The statistics may carry tangents (forward AD) or a graph (the reference primitives called
+        # outside a Function); the buffers must take neither.
         batch_mean, unbiased_var = batch_mean.detach(), unbiased_var.detach()
     if num_batches_tracked is not None:
         num_batches_tracked.add_(1)
@@ -428,8 +446,3 @@ def update_running_stats(running_mean: Optional[Tensor], running_var: Optional[T
             return
     running_mean.copy_(batch_mean * factor + running_mean.to(batch_mean.dtype) * (1 - factor))
     running_var.copy_(unbiased_var * factor + running_var.to(unbiased_var.dtype) * (1 - factor))
-
-
-def empty_stats(y: Tensor) -> Tensor:
-    """What an op returns for batch statistics it did not compute (eval mode)."""
-    return y.new_empty((0,), dtype=acc_dtype(y.dtype))
