@@ -271,8 +271,9 @@ class LayerCase:
                   "dw": rel_err(fdw, dw)}
         if L.prologue:  # fused g is the gradient at the producer BN's output: the ReLU mask applied
             errors["dx"] = rel_err(g, torch.where(a > 0, da, 0))
-            errors["sum_g"] = rel_err(sum_g, sums[0].sum(0))
-            errors["sum_gx"] = rel_err(sum_gx, sums[1].sum(0))
+            # today's sums are per (n, c) or, from some kernels, per channel already
+            errors["sum_g"] = rel_err(sum_g, sums[0] if sums[0].dim() == 1 else sums[0].sum(0))
+            errors["sum_gx"] = rel_err(sum_gx, sums[1] if sums[1].dim() == 1 else sums[1].sum(0))
         else:
             errors["dx"] = rel_err(g, da)
         return errors
