@@ -167,7 +167,8 @@ def settings() -> Settings:
     conv_backends = () if conv_backends == ("none",) else conv_backends
     unknown = set(conv_backends) - set(CONV_BACKENDS)
     if unknown:
-        raise ValueError(f"RESNET_FAST_BENCH_CONV_BACKENDS: unknown {sorted(unknown)}; expected some of {CONV_BACKENDS}")
+        raise ValueError(f"RESNET_FAST_BENCH_CONV_BACKENDS: unknown {sorted(unknown)}; "
+                         f"expected some of {CONV_BACKENDS} or none")
     if smoke:
         sizes = dict(op_batch=2, model_batch=2, image=64, op_rounds=1, op_warmup=0, model_rounds=1, model_warmup=0)
     elif cuda:

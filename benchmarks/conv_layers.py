@@ -190,7 +190,8 @@ class LayerCase:
                        dt=dtype).contiguous(memory_format=cl)
         self.dout = randn(n, L.c_out, L.out_size, L.out_size, dt=dtype).contiguous(memory_format=cl)
         # producer BN (C_in,) and its (N, C) tables for the primitives
-        self.p_scale, self.p_shift, self.p_mean = rand(L.c_in, scale=1.0, offset=0.5), randn(L.c_in, scale=0.2), randn(L.c_in)
+        self.p_scale, self.p_shift = rand(L.c_in, scale=1.0, offset=0.5), randn(L.c_in, scale=0.2)
+        self.p_mean = randn(L.c_in)
         self.p_scale_nc, self.p_shift_nc = (v.expand(n, -1).contiguous() for v in (self.p_scale, self.p_shift))
         # consumer BN: scale/shift of its forward (the ReLU mask), A, B, C of its backward
         self.c_scale, self.c_shift = rand(L.c_out, scale=1.0, offset=0.5), randn(L.c_out, scale=0.2)

@@ -249,7 +249,8 @@ def conv_markdown(conv: dict) -> list[str]:
         seconds = r["fused_ms"] / 1e3
         faster = r["ok"] and r["fused_ms"] < r["today_ms"]
         err = max(r["rel_err"].values())
-        out.append(f"| {r['name']} | {r['count']} | {r['c_in']}→{r['c_out']} {r['size']}² k{r['kernel']} s{r['stride']} | "
+        geometry = f"{r['c_in']}→{r['c_out']} {r['size']}² k{r['kernel']} s{r['stride']}"
+        out.append(f"| {r['name']} | {r['count']} | {geometry} | "
                    f"{r['today_fwd_ms']:.3f} / {r['today_bwd_ms']:.3f} ms | {r['fused_fwd_ms']:.3f} / "
                    f"{r['fused_bwd_ms']:.3f} ms | {_rate(fused_bytes / seconds, 'B/s')} | "
                    f"{_rate(flops / seconds, 'FLOP/s')} | {r['speedup_fwd']:.2f}x / {r['speedup_bwd']:.2f}x / "
@@ -257,7 +258,8 @@ def conv_markdown(conv: dict) -> list[str]:
     t = conv.get("totals")
     if t:
         out += ["", f"Summed with the counts: today {t['today_ms']:.2f} ms, all fused {t['fused_ms']:.2f} ms "
-                f"({t['speedup_all_fused']:.2f}x), the table's choice {t['chosen_ms']:.2f} ms ({t['speedup_chosen']:.2f}x). "
+                f"({t['speedup_all_fused']:.2f}x), the table's choice {t['chosen_ms']:.2f} ms "
+                f"({t['speedup_chosen']:.2f}x). "
                 "Both paths share what is left out (per-channel finalize steps, the block tails bn3 + add + ReLU)."]
     return out
 

@@ -19,8 +19,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(REPO, "benchmarks", "conv_layers.py")
 
 
-def _module():
-    spec = importlib.util.spec_from_file_location("conv_layers_bench", SCRIPT)
+def _module(path=SCRIPT, name="conv_layers_bench"):
+    spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
@@ -100,6 +100,15 @@ def test_interpreter_smoke_run_writes_results_and_table(tmp_path):
     assert data["layers"][key]["layers"] == ["layer2.0.conv2"] and data["complete"]
     assert data["measured"]["device"] == result["device"] and data["measured"]["triton"]
     assert load_table(str(table)) == data["choice"]  # what the "auto" convolution backend reads
+
+    # the summary's table and goal rows (summarize.py --conv-layers, as gpu_run.sh passes it)
+    summarize = _module(os.path.join(REPO, "benchmarks", "summarize.py"), "summarize_bench")
+    text = "\n".join(summarize.conv_markdown(result))
+    assert "## Convolution layers" in text and "| layer2.0.conv2 | 1 | 16→16 7² k3 s2 |" in text
+    assert "SMOKE" in text
+    goals = summarize.conv_goals(result)
+    assert len(goals) == 2 and all("≥1.15x" in g for g in goals)
+    assert f"{result['totals']['speedup_all_fused']:.2f}x" in goals[1]
 
 
 def test_layers_match_compile_check():
