@@ -58,7 +58,8 @@ bench() {
     esac
 }
 
-# summarize: merge the phases' JSON -> results.json, summary.md, summary-models.png, summary-ops.png (then drop the parts).
+# summarize: merge the phases' JSON -> results.json, summary.md, summary-models.png, summary-ops.png (then drop the parts);
+# the convolution layers (conv_layers.json, gpu_run.sh) get a table of their own in summary.md.
 summarize() {
     local parts=("$OUT"/parts/*.json)
     if [[ ! -e "${parts[0]}" ]]; then
@@ -74,8 +75,10 @@ summarize() {
     log "summary of ${#parts[@]} JSON file(s)"
     local interleaved=("$OUT"/interleaved-*.json)
     [[ -e "${interleaved[0]}" ]] || interleaved=()
+    local conv=()
+    [[ -s "$OUT/conv_layers.json" ]] && conv=(--conv-layers "$OUT/conv_layers.json")
     if "$PY" benchmarks/summarize.py "${parts[@]}" --out "$OUT/summary" --merged "$OUT/results.json" \
-            --interleaved "${interleaved[@]}" 2>&1 \
+            --interleaved "${interleaved[@]}" ${conv[@]+"${conv[@]}"} 2>&1 \
             | tee -a "$OUT/run.log" && [[ -s "$OUT/results.json" ]]; then
         rm -rf "$OUT/parts"
     else

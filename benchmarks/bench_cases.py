@@ -229,13 +229,14 @@ def build_resnet_fast_model(name: str) -> tuple[Optional[torch.nn.Module], str]:
 def contender_model(name: str, eager: torch.nn.Module, contender: str,
                     device: str) -> tuple[Optional[torch.nn.Module], str]:
     """(model, "") for a model-level contender, or (None, why not). eager: ``eager`` itself;
-    compile / compile_max: torch.compile of it; rf_<backend>[_cached|_low_memory]:
-    resnet_fast's model with ``eager``'s weights (strict), in the run's memory format on ``device``,
-    ``set_low_memory()`` for the _low_memory ones. The caller selects the backend."""
+    compile / compile_max: torch.compile of it (config.compile_settings);
+    rf_<backend>[_cached|_low_memory|_conv_<name>]: resnet_fast's model with ``eager``'s weights (strict), in
+    the run's memory format on ``device``, ``set_low_memory()`` for the _low_memory ones. The caller selects
+    the backend and the convolution backend (config.contender_backend / contender_conv_backend)."""
     if contender == "eager":
         return eager, ""
     if contender in config.COMPILE_MODES:
-        return torch.compile(eager, mode=config.COMPILE_MODES[contender], dynamic=False), ""
+        return config.compile_fn(eager, contender), ""
     model, why = build_resnet_fast_model(name)
     if model is None:
         return None, why

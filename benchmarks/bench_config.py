@@ -15,6 +15,10 @@ option ``--smoke`` (conftest.py) sets ``RESNET_FAST_BENCH_SMOKE=1``.
   RESNET_FAST_BENCH_COMPILE         0 | 1: torch.compile contenders (default 1, 0 in smoke mode)
   RESNET_FAST_BENCH_COMPILE_MODELS  comma list or "all": models that get compile contenders
                                     (default resnet50: compiling is minutes per model and mode)
+  RESNET_FAST_BENCH_CONV_BACKENDS   comma list of resnet_fast convolution backends ("aten", "triton")
+                                    that get training contenders of their own, rf_<backend>_conv_<name>,
+                                    for CONV_BACKEND_MODELS (default aten,triton on GPU; none on CPU;
+                                    "none": none)
   RESNET_FAST_BENCH_{OP_BATCH,MODEL_BATCH,IMAGE,OP_ROUNDS,OP_WARMUP,MODEL_ROUNDS,MODEL_WARMUP},
   RESNET_FAST_BENCH_{ROUNDS,WARMUP} (both levels)   override sizes and rounds
 """
@@ -31,8 +35,11 @@ MODELS = ("resnet50", "resnet18", "se_resnet50", "resnext50_32x4d", "preact_resn
 OPS = ("conv_bn_relu", "bn_relu_conv", "bn_relu", "bn_add_relu", "squeeze_excite")
 OP_MODES = ("fwd", "bwd", "fwdbwd", "infer")
 MODEL_MODES = ("train", "infer")
-# Contender name -> torch.compile mode.
-COMPILE_MODES = {"compile": "default", "compile_max": "max-autotune-no-cudagraphs"}
+# Contender name -> torch.compile mode, and inductor settings on top of the mode's (compile_max is issue 20's
+# baseline: max-autotune, CUDA graphs included, with 1x1 convolutions lowered to matrix products so that
+# inductor's GEMM templates can fuse the BN + ReLU around them).
+COMPILE_MODES = {"compile": "default", "compile_max": "max-autotune"}
+COMPILE_INDUCTOR_OPTIONS = {"compile_max": {"conv_1x1_as_mm": True}}
 RF_PREFIX = "rf_"  # resnet_fast contenders are "rf_<backend>"
 # "rf_<backend>_cached": inference inside resnet_fast.inference_cache() (BN folded into the
 # weights once, not on every forward), held open across the timed rounds.
@@ -41,6 +48,12 @@ CACHED_SUFFIX = "_cached"
 # backward instead of their outputs kept), for the models where it changes what is kept.
 LOW_MEMORY_SUFFIX = "_low_memory"
 LOW_MEMORY_MODELS = ("resnet50", "resnext50_32x4d")
+# "rf_<backend>_conv_<aten|triton>": training with resnet_fast.set_conv_backend(<name>) (the blocks'
+# convolutions through ATen, or the fused Triton kernels); plain rf_<backend> runs the process's
+# convolution backend (RESNET_FAST_CONV_BACKEND, default "auto": the shipped conv table).
+CONV_INFIX = "_conv_"
+CONV_BACKENDS = ("aten", "triton")
+CONV_BACKEND_MODELS = ("resnet50",)  # bottlenecks without groups: what the fused kernels cover
 BACKEND_ORDER = ("cuda", "triton", "cpu", "reference")
 
 # ResNet-50 bottleneck widths and spatial sizes per stage at 224x224; the block tails run
@@ -89,6 +102,7 @@ class Settings:
     op_compile: tuple                 # compile contender names at op level
     model_compile: tuple              # ... at model level
     compile_models: tuple
+    conv_backends: tuple              # convolution backends with contenders of their own (train)
 
     @property
     def cuda(self) -> bool:
@@ -110,7 +124,9 @@ class Settings:
         compiled = self.model_compile if model in self.compile_models or "all" in self.compile_models else ()
         suffix = CACHED_SUFFIX if mode == "infer" else LOW_MEMORY_SUFFIX if model in LOW_MEMORY_MODELS else None
         variants = [RF_PREFIX + b + suffix for b in self.backends] if suffix else []
-        return ["eager", *compiled, *(RF_PREFIX + b for b in self.backends), *variants]
+        conv = [RF_PREFIX + b + CONV_INFIX + c for b in self.backends for c in self.conv_backends] \
+            if mode == "train" and model in CONV_BACKEND_MODELS else []
+        return ["eager", *compiled, *(RF_PREFIX + b for b in self.backends), *conv, *variants]
 
 
 def _usable_backends(device: str) -> tuple[tuple, dict]:
@@ -147,6 +163,12 @@ def settings() -> Settings:
         raise ValueError(f"RESNET_FAST_BENCH_MEMORY_FORMAT={layout!r}: expected one of {', '.join(MEMORY_FORMATS)}")
     compile_on = _env("COMPILE", "0" if smoke else "1") not in ("", "0")
     backends, why_not = _usable_backends(device)
+    conv_backends = _env_list("CONV_BACKENDS", CONV_BACKENDS if cuda else ())
+    conv_backends = () if conv_backends == ("none",) else conv_backends
+    unknown = set(conv_backends) - set(CONV_BACKENDS)
+    if unknown:
+        raise ValueError(f"RESNET_FAST_BENCH_CONV_BACKENDS: unknown {sorted(unknown)}; "
+                         f"expected some of {CONV_BACKENDS} or none")
     if smoke:
         sizes = dict(op_batch=2, model_batch=2, image=64, op_rounds=1, op_warmup=0, model_rounds=1, model_warmup=0)
     elif cuda:
@@ -172,6 +194,7 @@ def settings() -> Settings:
         op_compile=("compile",) if compile_on else (),
         model_compile=(("compile", "compile_max") if cuda else ("compile",)) if compile_on else (),
         compile_models=_env_list("COMPILE_MODELS", ("resnet50",)),
+        conv_backends=conv_backends,
         **sizes,
     )
 
@@ -203,5 +226,31 @@ def environment() -> dict:
 
 
 def contender_backend(contender: str) -> str:
-    """The resnet_fast backend of an "rf_<backend>[_cached|_low_memory]" contender."""
-    return contender[len(RF_PREFIX):].removesuffix(CACHED_SUFFIX).removesuffix(LOW_MEMORY_SUFFIX)
+    """The resnet_fast backend of an "rf_<backend>[_cached|_low_memory|_conv_<name>]" contender."""
+    return contender[len(RF_PREFIX):].removesuffix(CACHED_SUFFIX).removesuffix(LOW_MEMORY_SUFFIX).split(CONV_INFIX)[0]
+
+
+def contender_conv_backend(contender: str) -> str:
+    """The convolution backend an rf_ contender runs: <name> of "..._conv_<name>", else the process's
+    (RESNET_FAST_CONV_BACKEND, default "auto")."""
+    if CONV_INFIX in contender:
+        return contender.split(CONV_INFIX, 1)[1]
+    return os.environ.get("RESNET_FAST_CONV_BACKEND", "auto")
+
+
+def compile_settings(contender: str) -> dict:
+    """torch.compile's keyword arguments for a compile contender: its mode, or, where inductor settings
+    come on top (COMPILE_INDUCTOR_OPTIONS), the mode's options with them (torch.compile takes one or the
+    other)."""
+    mode = COMPILE_MODES[contender]
+    extra = COMPILE_INDUCTOR_OPTIONS.get(contender)
+    if not extra:
+        return {"mode": mode}
+    import torch._inductor
+
+    return {"options": {**torch._inductor.list_mode_options(mode), **extra}}
+
+
+def compile_fn(fn, contender: str):
+    """torch.compile(fn) as contender ``contender`` ("compile", "compile_max") compiles it, static shapes."""
+    return torch.compile(fn, dynamic=False, **compile_settings(contender))

@@ -83,12 +83,13 @@ def settings():
 
 @pytest.fixture
 def restore_backend():
-    """Tests call resnet_fast.set_backend; put the previous selection back afterwards."""
+    """Tests call resnet_fast.set_backend (and set_conv_backend); put the previous selections back afterwards."""
     import resnet_fast
 
-    previous = resnet_fast.get_backend()
+    previous, previous_conv = resnet_fast.get_backend(), resnet_fast.get_conv_backend()
     yield resnet_fast.set_backend
     resnet_fast.set_backend(previous)
+    resnet_fast.set_conv_backend(previous_conv)
 
 
 def pytest_benchmark_update_json(config, benchmarks, output_json):
@@ -100,6 +101,7 @@ def pytest_benchmark_update_json(config, benchmarks, output_json):
         "command": " ".join(["pytest", *sys.argv[1:]]),
         **bench_config.environment(),
         "backends": list(s.backends),
+        "conv_backends": list(s.conv_backends),
         "backend_why_not": s.backend_why_not,
         "op_batch": s.op_batch,
         "model_batch": s.model_batch,

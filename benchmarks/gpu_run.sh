@@ -10,15 +10,20 @@
 #                  (its tail goes to run.log; the compiler's warnings stay out of it)
 #   2. info        python -m resnet_fast.info, then `python -m resnet_fast.info --check` when that
 #                  flag exists (the backend self-check)
-#   3. tests       only the GPU test files (CUDA and Triton primitives, the Triton ops), slow ones
-#                  included (batch 256, > 2^31 elements), --maxfail, a per-test timeout -> tests.log,
-#                  tests.xml (JUnit, written as the session ends)
-#   4. models      resnet50 training and inference: eager, torch.compile, rf_cuda, rf_triton
-#   5. ops_stage   every op at one stage (s1, 56x56), cuda and triton backends against eager
-#   6. primitives  per-primitive GB/s (the JSON is rewritten after every row) and the auto backend's
+#   3. tests       only the GPU test files (CUDA and Triton primitives, the Triton ops, the CUDA edge
+#                  cases once that file exists), slow ones included (batch 256, > 2^31 elements),
+#                  --maxfail, a per-test timeout -> tests.log, tests.xml (JUnit, written as the session ends)
+#   4. conv_layers each ResNet-50 bottleneck convolution (batch 256, bf16): the fused Triton kernels
+#                  against ATen + the BN primitives, forward and backward -> conv_layers.json and the
+#                  conv table, both rewritten after every layer (copy OUTDIR/conv_table.json to
+#                  resnet_fast/ to ship it)
+#   5. models      resnet50 training and inference: eager, torch.compile, rf_cuda, rf_triton, and training
+#                  with each convolution backend (rf_cuda_conv_aten, rf_cuda_conv_triton)
+#   6. ops_stage   every op at one stage (s1, 56x56), cuda and triton backends against eager
+#   7. primitives  per-primitive GB/s (the JSON is rewritten after every row) and the auto backend's
 #                  table (copy OUTDIR/backend_table.json to resnet_fast/ to ship it)
-#   7. ops_rest    the other three stages
-#   8. summary     benchmarks/summarize.py -> OUTDIR/summary.md, summary-{models,ops}.png, results.json
+#   8. ops_rest    the other three stages
+#   9. summary     benchmarks/summarize.py -> OUTDIR/summary.md, summary-{models,ops}.png, results.json
 # Partial results as they come: OUTDIR/status.jsonl gets one line per phase when it ends (name,
 # state, exit status, seconds); every benchmark phase has its own JSON (a phase cut short by the
 # budget stops like Ctrl-C and keeps what finished). Everything is logged to OUTDIR/run.log.
@@ -26,16 +31,26 @@
 # phases only checked that what they would run exists: the CPU dry run of tests/test_gpu_run.py).
 #
 # Environment: PYTHON (default python3), MAX_JOBS (default: all cores), RESNET_FAST_BENCH_BUDGET_S, PHASES,
-# RESNET_FAST_TEST_TIMEOUT_S (per test, default 120), RESNET_FAST_TEST_MAXFAIL (default 10), and the
-# RESNET_FAST_BENCH_* knobs of benchmarks/bench_config.py.
+# RESNET_FAST_GPU_RUN_SKIP ("build", "tests" or both: skipped; skip the build only where this checkout is
+# installed already, e.g. a second run on the same machine), RESNET_FAST_TEST_TIMEOUT_S (per test, default
+# 120), RESNET_FAST_TEST_MAXFAIL (default 10), and the RESNET_FAST_BENCH_* knobs of benchmarks/bench_config.py.
+#
+# Issue 20's comparison (the conv table, then resnet50 training: eager, torch.compile, resnet_fast with
+# either convolution backend) fits one run when the tests are left out:
+#   RESNET_FAST_GPU_RUN_SKIP=tests PHASES="conv_layers models" benchmarks/gpu_run.sh OUTDIR
+# torch.compile(mode="max-autotune") of resnet50 training (compile_max) autotunes every GEMM and
+# convolution shape of forward and backward: many minutes, more than one run's budget next to anything
+# else. It is the opt-in phase models_compile_max, best run alone on a warm machine:
+#   RESNET_FAST_GPU_RUN_SKIP="build tests" PHASES=models_compile_max RESNET_FAST_BENCH_BUDGET_S=580 ...
 set -u -o pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 BUDGET_S=${RESNET_FAST_BENCH_BUDGET_S:-470}
 RESERVE_S=20
-# Benchmark phases to run (default below); add "models_compile_max" (resnet50, max-autotune: minutes) or
-# "sanitizer" (compute-sanitizer memcheck on the CUDA primitive tests: minutes) when there is time.
-PHASES=${PHASES:-models ops_stage primitives ops_rest}
+# Benchmark phases to run (default below); add "models_compile_max" (resnet50 training, max-autotune: many
+# minutes) or "sanitizer" (compute-sanitizer memcheck on the CUDA primitive tests: minutes) when there is time.
+PHASES=${PHASES:-conv_layers models ops_stage primitives ops_rest}
+SKIP=${RESNET_FAST_GPU_RUN_SKIP:-}
 source "$REPO/benchmarks/_phases.sh" "$@"
 
 export PYTHONUNBUFFERED=1
@@ -43,6 +58,8 @@ export MAX_JOBS=${MAX_JOBS:-$(nproc)}
 export RESNET_FAST_BENCH_DEVICE=cuda
 export TORCHINDUCTOR_CACHE_DIR=${TORCHINDUCTOR_CACHE_DIR:-/tmp/resnet_fast_inductor}
 GPU_TESTS=(tests/test_cuda_primitives.py tests/test_triton_primitives.py tests/test_triton_ops.py)
+# The CUDA edge cases (empty / huge / odd-strided inputs) join once their test file is in the checkout.
+[[ -e "$REPO/tests/test_cuda_edge_cases.py" ]] && GPU_TESTS+=(tests/test_cuda_edge_cases.py)
 TEST_TIMEOUT_S=${RESNET_FAST_TEST_TIMEOUT_S:-120}
 MAXFAIL=${RESNET_FAST_TEST_MAXFAIL:-10}
 HAVE_GPU=0
@@ -51,6 +68,13 @@ NO_GPU_WHY=""
 # status NAME STATE RC SECONDS: one JSON line per phase, appended as the phase ends.
 status() {
     printf '{"phase": "%s", "state": "%s", "rc": %s, "seconds": %s}\n' "$1" "$2" "$3" "$4" >> "$OUT/status.jsonl"
+}
+
+# skipped NAME: whether NAME is in RESNET_FAST_GPU_RUN_SKIP (then say so in run.log and status.jsonl).
+skipped() {
+    case " $SKIP " in *" $1 "*) ;; *) return 1 ;; esac
+    log "SKIP $1: in RESNET_FAST_GPU_RUN_SKIP"
+    status "$1" skipped 0 0
 }
 
 # gpu_phase NAME CAP_S LOGFILE NEEDS -- CMD...: phase() (time-boxed) when there is a GPU; without one,
@@ -112,7 +136,7 @@ if (( HAVE_GPU )) && [[ -z "${TORCH_CUDA_ARCH_LIST:-}" ]]; then
     export TORCH_CUDA_ARCH_LIST  # only this GPU's architecture: the build takes minutes per arch
 fi
 BUILD_OK=1
-gpu_phase build 240 "$OUT/build.log" "setup.py pyproject.toml" -- \
+skipped build || gpu_phase build 240 "$OUT/build.log" "setup.py pyproject.toml" -- \
     "$PY" -m pip install --no-build-isolation --no-deps --no-index -v "$REPO" > /dev/null \
     || { BUILD_OK=0; FAILED=1; log "FAIL build (tail of build.log follows)"; }
 [[ -s "$OUT/build.log" ]] && tail -n 30 "$OUT/build.log" >> "$OUT/run.log"
@@ -149,12 +173,12 @@ if "$PY" -c "import pytest_timeout" 2> /dev/null; then
 else
     log "pytest-timeout is not installed: no per-test timeout (the phase limit still holds)"
 fi
-gpu_phase tests 150 "$OUT/tests.log" "${GPU_TESTS[*]}" -- \
+skipped tests || gpu_phase tests 150 "$OUT/tests.log" "${GPU_TESTS[*]}" -- \
     "$PY" -m pytest "${GPU_TESTS[@]}" -q -p no:cacheprovider -rfE --maxfail "$MAXFAIL" ${TIMEOUT_ARGS[@]+"${TIMEOUT_ARGS[@]}"} \
     --junitxml "$OUT/tests.xml" \
     || { FAILED=1; log "FAIL tests (see tests.log)"; }
 
-# ---------------------------------------------------------------------------- 4-7. benchmarks
+# ---------------------------------------------------------------------------- 4-8. benchmarks
 # bench (from _phases.sh) writes OUTDIR/parts/NAME.json; only under a GPU.
 gpu_bench() {
     local name=$1 cap=$2 file=$3
@@ -176,8 +200,22 @@ gpu_bench() {
     bench "$name" "$cap" "$file" "$@"
     status "$name" "$( (( FAILED != failed_before )) && echo failed || echo done)" 0 $(( $(date +%s) - start ))
 }
+# The conv table first: the fused kernels it compiles stay in Triton's cache for the models' rf_*_conv_triton
+# rows. Cut short by its limit it keeps the layers that finished (JSON and table are rewritten per layer).
+if [[ " $PHASES " == *" conv_layers "* ]]; then
+    gpu_phase conv_layers 150 "$OUT/run.log" "benchmarks/conv_layers.py resnet_fast/conv_backend.py" -- \
+        "$PY" benchmarks/conv_layers.py "$OUT/conv_layers.json" --table "$OUT/conv_table.json"
+    case $? in
+        0) ;;
+        124|137) log "conv_layers: time limit (conv_layers.json and conv_table.json hold the layers that finished)" ;;
+        125) ;;  # no time left: phase() said so
+        *) FAILED=1; log "FAIL conv_layers (a fused result off, or a crash: see run.log)" ;;
+    esac
+fi
+# Training with each convolution backend on the cuda primitives (rf_triton_conv_*: the same kernels for
+# the convolutions, time spent elsewhere); max-autotune (compile_max) is its own phase.
 RESNET_FAST_BENCH_MODELS=resnet50 RESNET_FAST_BENCH_BACKENDS=cuda,triton RESNET_FAST_BENCH_COMPILE_MODELS=resnet50 \
-    gpu_bench models 150 benchmarks/test_models.py -k "not compile_max and not low_memory"
+    gpu_bench models 180 benchmarks/test_models.py -k "not compile_max and not low_memory and not rf_triton_conv"
 RESNET_FAST_BENCH_BACKENDS=cuda,triton RESNET_FAST_BENCH_COMPILE=0 \
     gpu_bench ops_stage 60 benchmarks/test_ops.py -k "s1"
 if [[ " $PHASES " == *" primitives "* ]]; then
@@ -187,15 +225,17 @@ if [[ " $PHASES " == *" primitives "* ]]; then
 fi
 RESNET_FAST_BENCH_BACKENDS=cuda,triton RESNET_FAST_BENCH_COMPILE=0 \
     gpu_bench ops_rest 120 benchmarks/test_ops.py -k "not s1"
+# Opt-in: resnet50 training under torch.compile(mode="max-autotune") with conv_1x1_as_mm (bench_config),
+# eager again beside it (the baseline of its own run, when it runs alone).
 RESNET_FAST_BENCH_MODELS=resnet50 RESNET_FAST_BENCH_BACKENDS=cuda,triton \
-    gpu_bench models_compile_max 240 benchmarks/test_models.py -k "compile_max"
+    gpu_bench models_compile_max 540 benchmarks/test_models.py -k "train and (eager or compile_max)"
 if [[ " $PHASES " == *" sanitizer "* ]]; then
     gpu_phase sanitizer 300 "$OUT/sanitizer.log" "tests/test_cuda_primitives.py" -- \
         compute-sanitizer --tool memcheck --error-exitcode 1 \
         "$PY" -m pytest tests/test_cuda_primitives.py -x -q -p no:cacheprovider || { FAILED=1; log "FAIL sanitizer"; }
 fi
 
-# ---------------------------------------------------------------------------- 8. summary
+# ---------------------------------------------------------------------------- 9. summary
 RESERVE_S=0
 if (( HAVE_GPU )); then
     summarize

@@ -11,7 +11,8 @@ ratio to eager is the median of the per-round ratios.
         --contenders eager,compile,rf_cpu,rf_cpu_low_memory --rounds 10 --out DIR
 
 Contenders as in test_models.py: eager, compile / compile_max (torch.compile of the eager
-model), rf_<backend>, rf_<backend>_low_memory (train); not the _cached ones. Sizes,
+model), rf_<backend>, rf_<backend>_low_memory (train), rf_<backend>_conv_<aten|triton>
+(set_conv_backend); not the _cached ones. Sizes,
 device and threads from the RESNET_FAST_BENCH_* variables (bench_config.py). Writes
 DIR/interleaved-<model>-<mode>.json and .md and prints the table.
 
@@ -114,6 +115,7 @@ def _variables() -> dict:
 def backend(contender: str) -> None:
     if contender.startswith(config.RF_PREFIX):
         resnet_fast.set_backend(config.contender_backend(contender))
+        resnet_fast.set_conv_backend(config.contender_conv_backend(contender))
 
 
 def _header(result: dict, what: str, size: str, rounds: str) -> list[str]:

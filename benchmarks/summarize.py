@@ -2,6 +2,7 @@
 
     python benchmarks/summarize.py RESULTS.json [MORE.json ...] [--out benchmarks/results/NAME]
                                    [--merged ALL.json] [--interleaved interleaved-*.json ...]
+                                   [--conv-layers conv_layers.json]
 
 Writes NAME.md, NAME-models.png (img/s per model: eager, torch.compile, resnet_fast; training
 and inference) and NAME-ops.png (op x stage heatmap of speed-ups over eager), default NAME:
@@ -10,7 +11,9 @@ JSON files (e.g. the phases of gpu_run.sh) are merged first; ``--merged`` also s
 merged JSON. Ratios compare rows of the same group (op, mode, shape / model, mode, batch):
 "vs eager" = eager median / row median (above 1 = faster than eager), "vs compile" = the
 fastest torch.compile contender's median / row median. ``--interleaved`` adds the tables of
-benchmarks/interleaved.py runs and their rows to the goals (median of per-round ratios).
+benchmarks/interleaved.py runs and their rows to the goals (median of per-round ratios);
+``--conv-layers`` the table of benchmarks/conv_layers.py (fused convolution layers against today's path)
+and its goal.
 """
 from __future__ import annotations
 
@@ -20,6 +23,7 @@ import os
 import statistics
 import sys
 from collections import defaultdict
+from typing import Optional
 
 TOL = {"fp32": 1e-4, "bf16 autocast": 3e-2}
 # The issue's goals: (device, model, mode, baseline) -> minimum speedup of the best resnet_fast row.
@@ -29,6 +33,7 @@ GOALS = {
     "cpu": [("resnet50", "train", "eager", 1.15), ("resnet50", "infer", "eager", 1.3)],
 }
 OP_COPY_GOAL = 0.8  # GPU: fused elementwise ops at >= 80% of copy bandwidth
+CONV_GOAL = 1.15  # GPU: the bottlenecks' convolution layers, forward + backward, against today's path
 
 
 def load(paths: list[str]) -> dict:
@@ -208,7 +213,58 @@ def interleaved_goals(results: list[dict], device: str) -> list[str]:
     return lines
 
 
-def markdown(data: dict, rows: list[dict], interleaved: list[dict] = ()) -> str:
+def conv_goals(conv: Optional[dict]) -> list[str]:
+    """Goal rows (no header) from a conv_layers.py result: the layers summed with ResNet-50's counts, with
+    the table's per-layer choice (and, for the record, all layers fused)."""
+    totals = (conv or {}).get("totals")
+    if not totals:
+        return []
+    partial = "" if conv.get("complete") else f", {len(conv['results'])} of 23 layers"
+    lines = []
+    for label, key in (("table's choice", "speedup_chosen"), ("all fused", "speedup_all_fused")):
+        value = totals[key]
+        lines.append(f"| bottleneck convolution layers fwd+bwd vs ATen + BN primitives ({label}{partial}) | "
+                     f"≥{CONV_GOAL}x | {value:.2f}x | {'yes' if value >= CONV_GOAL else 'no'} |")
+    return lines
+
+
+def conv_markdown(conv: dict) -> list[str]:
+    """The conv_layers.py table: per layer, both paths' forward / backward times, the fused path's achieved
+    GB/s (its byte model) and TFLOP/s, the speed-ups, the table's choice, the fused results' worst error."""
+    out = ["", "## Convolution layers", "",
+           "Each distinct ResNet-50 bottleneck convolution (count: how often the model has it): the fused Triton "
+           "kernels (BN-ReLU prologue, statistics / dReLU epilogues) against ATen's convolution plus the BN passes "
+           "today's path runs around it (benchmarks/conv_layers.py). GB/s and TFLOP/s: the fused path's, fwd + bwd, "
+           "against its minimum bytes and the convolution's FLOPs. choice: what the conv table records.", "",
+           f"- command: `{conv.get('command', '?')}`; {conv.get('timing', '')}",
+           f"- device: {conv.get('device', '?')}; torch {conv.get('torch', '?')}, CUDA {conv.get('cuda')}, cuDNN "
+           f"{conv.get('cudnn')}, Triton {conv.get('triton', '?')}; {conv.get('dtype')}, {conv.get('memory_format')}, "
+           f"batch {conv.get('batch')}; today's primitives: {conv.get('today_backend')}"
+           + (" (SMOKE: interpreter, the times mean nothing)" if conv.get("interpreted") else ""), "",
+           "| layer | count | geometry | today fwd / bwd | fused fwd / bwd | fused GB/s | fused TFLOP/s | "
+           "speed-up fwd / bwd / both | choice | rel. err |", "|---|---:|---|---:|---:|---:|---:|---:|---|---:|"]
+    for r in conv.get("results", []):
+        fused_bytes = r["bytes"]["fused_fwd"] + r["bytes"]["fused_bwd"]
+        flops = r["flops"]["fwd"] + r["flops"]["bwd"]
+        seconds = r["fused_ms"] / 1e3
+        faster = r["ok"] and r["fused_ms"] < r["today_ms"]
+        err = max(r["rel_err"].values())
+        geometry = f"{r['c_in']}→{r['c_out']} {r['size']}² k{r['kernel']} s{r['stride']}"
+        out.append(f"| {r['name']} | {r['count']} | {geometry} | "
+                   f"{r['today_fwd_ms']:.3f} / {r['today_bwd_ms']:.3f} ms | {r['fused_fwd_ms']:.3f} / "
+                   f"{r['fused_bwd_ms']:.3f} ms | {_rate(fused_bytes / seconds, 'B/s')} | "
+                   f"{_rate(flops / seconds, 'FLOP/s')} | {r['speedup_fwd']:.2f}x / {r['speedup_bwd']:.2f}x / "
+                   f"{r['speedup']:.2f}x | {'triton' if faster else 'aten'} | {err:.1e}{'' if r['ok'] else ' ⚠'} |")
+    t = conv.get("totals")
+    if t:
+        out += ["", f"Summed with the counts: today {t['today_ms']:.2f} ms, all fused {t['fused_ms']:.2f} ms "
+                f"({t['speedup_all_fused']:.2f}x), the table's choice {t['chosen_ms']:.2f} ms "
+                f"({t['speedup_chosen']:.2f}x). "
+                "Both paths share what is left out (per-channel finalize steps, the block tails bn3 + add + ReLU)."]
+    return out
+
+
+def markdown(data: dict, rows: list[dict], interleaved: list[dict] = (), conv: Optional[dict] = None) -> str:
     meta = data.get("resnet_fast", {})
     machine = data.get("machine_info", {})
     commit = data.get("commit_info", {})
@@ -243,7 +299,7 @@ def markdown(data: dict, rows: list[dict], interleaved: list[dict] = ()) -> str:
               "tolerance, or above 3x torch.compile's error where a compile row exists: fp32 training "
               "gradients are ill-conditioned)."]
     goals = _goals(rows, device)
-    extra = interleaved_goals(list(interleaved), device)
+    extra = interleaved_goals(list(interleaved), device) + conv_goals(conv)
     if extra:
         goals = (goals or ["| goal | target | measured | met |", "|---|---:|---:|---|"]) + extra
     if goals:
@@ -252,6 +308,8 @@ def markdown(data: dict, rows: list[dict], interleaved: list[dict] = ()) -> str:
         selected = [r for r in rows if r["kind"] == kind]
         if selected:
             out += ["", f"## {title}", ""] + _table(selected, dtype, memory_label)
+    if conv and conv.get("results"):
+        out += conv_markdown(conv)
     if interleaved:
         import interleaved as timer  # benchmarks/interleaved.py: its own table
 
@@ -400,6 +458,7 @@ def main(argv=None) -> int:
                                       "(default benchmarks/results/<first JSON's stem>)")
     parser.add_argument("--merged", help="also write the merged JSON here")
     parser.add_argument("--interleaved", nargs="*", default=[], help="JSON files of benchmarks/interleaved.py")
+    parser.add_argument("--conv-layers", help="JSON of benchmarks/conv_layers.py")
     args = parser.parse_args(argv)
     paths = [p for p in args.results if os.path.exists(p)]
     for p in set(args.results) - set(paths):
@@ -416,8 +475,12 @@ def main(argv=None) -> int:
     for path in args.interleaved:
         with open(path) as f:
             interleaved.append(json.load(f))
+    conv = None
+    if args.conv_layers:
+        with open(args.conv_layers) as f:
+            conv = json.load(f)
     with open(prefix + ".md", "w") as f:
-        f.write(markdown(data, rows, interleaved))
+        f.write(markdown(data, rows, interleaved, conv))
     written = [prefix + ".md"]
     where = device_label(data)
     for name, fn in (("-models.png", plot_models), ("-ops.png", plot_ops)):

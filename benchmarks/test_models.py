@@ -3,11 +3,14 @@
 Rows: model x mode x contender.
   modes      train (forward, cross-entropy, backward, SGD step, zero_grad), infer (eval + no_grad)
   contenders eager (torchvision / timm model), compile / compile_max (torch.compile of it,
-             modes "default" / "max-autotune-no-cudagraphs"), rf_<backend>
-             (resnet_fast.get_model(name) with the eager model's weights, strict=True),
-             rf_<backend>_cached (infer only: the same inside resnet_fast.inference_cache(),
-             open across the timed rounds), rf_<backend>_low_memory (train, resnet50 and
-             resnext50_32x4d: with ResNet.set_low_memory())
+             mode "default" / mode "max-autotune" with inductor's conv_1x1_as_mm = True),
+             rf_<backend> (resnet_fast.get_model(name) with the eager model's weights,
+             strict=True), rf_<backend>_conv_<aten|triton> (train, resnet50, GPU: the same with
+             resnet_fast.set_conv_backend(<name>): the blocks' convolutions through ATen or the
+             fused Triton kernels), rf_<backend>_cached (infer only: the same inside
+             resnet_fast.inference_cache(), open across the timed rounds),
+             rf_<backend>_low_memory (train, resnet50 and resnext50_32x4d: with
+             ResNet.set_low_memory())
 channels_last (contiguous with RESNET_FAST_BENCH_MEMORY_FORMAT=contiguous); fp32 on CPU, bf16
 autocast on GPU. Before timing, each contender's logits
 (and, in train, every parameter's gradient) are compared with the eager model's on the
@@ -51,6 +54,7 @@ def _contender(name: str, eager: torch.nn.Module, contender: str, set_backend) -
         pytest.skip(why)
     if contender.startswith(config.RF_PREFIX):
         set_backend(config.contender_backend(contender))
+        resnet_fast.set_conv_backend(config.contender_conv_backend(contender))
     return model
 
 
@@ -125,7 +129,9 @@ def test_model(benchmark, restore_backend, name, mode, contender):
     harness.release(S.device)
     harness.record(benchmark, kind="model", model=name, mode=mode, contender=contender, images=S.model_batch,
                    image=S.image, saved_bytes=saved, rel_err=err, fp64_err_ratio=ratio,
-                   backend=resnet_fast.get_backend())
+                   backend=resnet_fast.get_backend(),
+                   conv_backend=resnet_fast.get_conv_backend() if contender.startswith(config.RF_PREFIX) else None,
+                   compile_settings=config.compile_settings(contender) if contender in config.COMPILE_MODES else None)
     scope = resnet_fast.inference_cache() if contender.endswith(config.CACHED_SUFFIX) else contextlib.nullcontext()
     with scope:
         harness.run_timed(benchmark, harness.model_step(model, x, labels, mode, S), S, rounds=S.model_rounds,
