@@ -214,6 +214,8 @@ if [[ " $PHASES " == *" conv_layers "* ]]; then
 fi
 # Training with each convolution backend on the cuda primitives (rf_triton_conv_*: the same kernels for
 # the convolutions, time spent elsewhere); max-autotune (compile_max) is its own phase.
+# The "auto" rows take the conv table this run wrote (when it wrote one), not the shipped one.
+[[ -s "$OUT/conv_table.json" ]] && export RESNET_FAST_CONV_TABLE="$OUT/conv_table.json"
 RESNET_FAST_BENCH_MODELS=resnet50 RESNET_FAST_BENCH_BACKENDS=cuda,triton RESNET_FAST_BENCH_COMPILE_MODELS=resnet50 \
     gpu_bench models 180 benchmarks/test_models.py -k "not compile_max and not low_memory and not rf_triton_conv"
 RESNET_FAST_BENCH_BACKENDS=cuda,triton RESNET_FAST_BENCH_COMPILE=0 \

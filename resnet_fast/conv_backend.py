@@ -8,8 +8,8 @@ Backends:
             CUDA tensors, or CPU tensors under TRITON_INTERPRET=1. A layer they cannot run
             raises an error that names what is not covered.
   "auto"    (default) per layer: the choice the GPU benchmark recorded for this (GPU, dtype,
-            layer shape) in resnet_fast/conv_table.json, and "aten" where it has none (and
-            always on CPU tensors).
+            layer shape) in resnet_fast/conv_table.json (or the file RESNET_FAST_CONV_TABLE
+            names), and "aten" where it has none (and always on CPU tensors).
 
 Pick one with ``resnet_fast.set_conv_backend(name)`` or ``RESNET_FAST_CONV_BACKEND=name``.
 The table is written by ``benchmarks/conv_layers.py`` on a GPU; its keys come from
@@ -25,7 +25,10 @@ from typing import Optional
 import torch
 
 CONV_BACKENDS = ("aten", "triton", "auto")
-TABLE_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "conv_table.json")
+# The shipped table; RESNET_FAST_CONV_TABLE names another (the GPU run points its model rows at the
+# table its conv_layers phase just wrote).
+TABLE_PATH = os.environ.get("RESNET_FAST_CONV_TABLE") or os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                                                      "conv_table.json")
 
 _selected = os.environ.get("RESNET_FAST_CONV_BACKEND", "auto")
 

@@ -52,3 +52,12 @@ def test_table_load(tmp_path):
     assert conv_backend.load_table(str(tmp_path / "missing.json")) == {}
     (tmp_path / "broken.json").write_text("{")
     assert conv_backend.load_table(str(tmp_path / "broken.json")) == {}
+
+
+def test_table_path_from_environment(tmp_path):
+    path = tmp_path / "table.json"
+    path.write_text(json.dumps({"choice": {"k": "triton"}}))
+    code = "from resnet_fast import conv_backend as c; print(c.TABLE_PATH, c.table_choice('k'))"
+    env = dict(os.environ, RESNET_FAST_CONV_TABLE=str(path))
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.split() == [str(path), "triton"]
