@@ -9,7 +9,11 @@ Backends:
   "auto"      (default) CPU tensors: "cpu" when compiled, else "reference". CUDA tensors:
               per primitive, the faster of "cuda"/"triton" from the table the benchmarks
               write (resnet_fast/backend_table.json), else "cuda", "triton", "reference"
-              in that order of availability.
+              in that order of availability; each of "cuda" and "triton" only once it has
+              passed its self-check (resnet_fast/self_check.py) on this GPU, build and
+              versions (cached in the cache folder; ``RESNET_FAST_SELF_CHECK=0``: no check).
+              A backend that fails it is skipped for the primitives that failed (all of
+              them when a fused op failed), with one warning.
 
 Pick one with ``resnet_fast.set_backend(name)`` or ``RESNET_FAST_BACKEND=name``. The choice
 is made when the backend is set: ``primitives(device)`` builds the table of callables for a
@@ -19,13 +23,15 @@ per call, not a resolution.
 from __future__ import annotations
 
 import collections
+import contextlib
 import functools
 import json
 import os
+import warnings
 
 import torch
 
-from . import _extension
+from . import _extension, self_check
 from .ops import primitives as _reference
 
 BACKENDS = ("auto", "cpu", "cuda", "triton", "reference")
@@ -36,6 +42,12 @@ _selected = os.environ.get("RESNET_FAST_BACKEND", "auto")
 # first call after set_backend happens inside torch.compile).
 Primitives = collections.namedtuple("Primitives", list(_reference.PRIMITIVES))
 _tables: dict[tuple[str, int | None], Primitives] = {}  # (device type, index) -> primitives
+# A backend auto may pick: its name, its callables, and whether it must pass the self-check first.
+Candidate = collections.namedtuple("Candidate", "name table self_check")
+# Self-check verdicts of this process, kept across set_backend: (backend, device type, index) -> verdicts.
+_verdicts: dict[tuple[str, str, int | None], dict] = {}
+_warned: set[tuple[str, str, int | None]] = set()
+_deferred_checks = 0  # how many times a check was put off by compile/capture (_cannot_check_now)
 
 
 def set_backend(name: str) -> None:
@@ -114,12 +126,96 @@ def _implementation(name: str, op: str):
     return getattr(torch.ops.resnet_fast, op).default
 
 
+def table_of(name: str) -> Primitives:
+    """All the primitives of backend ``name`` (not checked for usability: see ``backend_status``)."""
+    return Primitives(**{op: _implementation(name, op) for op in _reference.PRIMITIVES})
+
+
+def _auto_candidates(device: torch.device) -> list[Candidate]:
+    """The backends ``auto`` may use for tensors on ``device``, usable here, best first, the reference
+    last. The compiled CPU kernels are not self-checked (the check is for GPUs the kernels were never
+    run on; ``python -m resnet_fast.info --check`` checks them). Internal seam: the tests replace
+    this function to put a deliberately broken backend in the list."""
+    if device.type == "cpu":
+        names, checked = (["cpu"] if _extension.load() else []), False
+    else:  # cuda
+        status = backend_status()
+        names, checked = [b for b in ("cuda", "triton") if status[b][0]], True
+    return [Candidate(n, table_of(n), checked) for n in names] + [Candidate("reference", REFERENCE, False)]
+
+
+def _cannot_check_now(device: torch.device) -> bool:
+    """Inside torch.compile's tracing or a CUDA graph capture the check cannot run (Dynamo would trace it,
+    a capture forbids synchronizing): the first eager call outside runs it."""
+    if torch.compiler.is_compiling():
+        return True
+    return device.type == "cuda" and torch.cuda.is_current_stream_capturing()
+
+
+def _failed_primitives(verdicts: dict) -> tuple[list[str], str]:
+    """(primitives to skip, the first failure as "check: error") of a backend's verdicts. Failing
+    primitives are skipped (the fused ops that use them fail with them); a fused op failing while
+    every primitive passes cannot be pinned on one, so it skips them all."""
+    failures = [v for v in verdicts.values() if not v.passed]
+    if not failures:
+        return [], ""
+    first = f"{failures[0].check}: {failures[0].error}"
+    primitives = [v.check for v in failures if v.check in _reference.PRIMITIVES]
+    return (primitives or list(_reference.PRIMITIVES)), first
+
+
+def _passes_self_check(candidate: Candidate, op: str, device: torch.device, candidates: list[Candidate]) -> bool:
+    """Whether ``auto`` may use ``candidate`` for ``op`` on ``device``: True unless its self-check (run
+    once per process, or read from the cache folder) failed for ``op``. Warns once per backend."""
+    if not candidate.self_check or not self_check.enabled():
+        return True
+    key = (candidate.name, device.type, device.index)
+    verdicts = _verdicts.get(key)
+    if verdicts is None:
+        if _cannot_check_now(device):
+            global _deferred_checks
+            _deferred_checks += 1  # provisional: primitives() does not keep this table
+            return True
+        verdicts = _verdicts[key] = self_check.verdict(candidate.name, candidate.table, device)
+    skipped, first = _failed_primitives(verdicts)
+    if op not in skipped:
+        return True
+    if key not in _warned:
+        _warned.add(key)
+        rest = [c.name for c in candidates[candidates.index(candidate) + 1:]]
+        warnings.warn(f"resnet_fast: backend {candidate.name!r} failed its self-check on {device} "
+                      f"({self_check.cache_key(candidate.name, device)['device']}): {first}; the auto backend "
+                      f"skips it for {', '.join(skipped)} (falling back to {' or '.join(rest)}). "
+                      f"`python -m resnet_fast.info --check` shows every result; {self_check.ENV}=0 turns the "
+                      f"check off.", RuntimeWarning, stacklevel=2)
+    return False
+
+
+def _auto_choice(op: str, device: torch.device) -> Candidate:
+    candidates = _auto_candidates(device)
+    preferred = _auto_table().get(op) if device.type == "cuda" else None
+    order = [c for c in candidates if c.name == preferred] + [c for c in candidates if c.name != preferred]
+    for candidate in order:  # a loop, not next(generator): Dynamo traces this on a first call under compile
+        if _passes_self_check(candidate, op, device, candidates):
+            return candidate
+    raise AssertionError("unreachable: the reference is never self-checked")
+
+
+def _resolve(op: str, device: torch.device) -> tuple[str, object]:
+    """(backend name, callable) of primitive ``op`` on ``device`` under the current selection."""
+    if get_backend() == "auto" and device.type in ("cpu", "cuda"):
+        candidate = _auto_choice(op, device)
+        return candidate.name, getattr(candidate.table, op)
+    name = resolve(op, device)
+    return name, _implementation(name, op)
+
+
 def resolve(op: str, device: torch.device) -> str:
     """The backend that runs primitive ``op`` on ``device`` under the current selection."""
     chosen = get_backend()
+    if chosen == "auto" and device.type in ("cpu", "cuda"):
+        return _auto_choice(op, device).name
     if device.type == "cpu":
-        if chosen == "auto":
-            return "cpu" if _extension.load() else "reference"
         if chosen == "cuda":
             raise RuntimeError("resnet_fast: backend 'cuda' needs CUDA tensors; got CPU tensors")
         if chosen == "triton" and not triton_interpreted():
@@ -132,10 +228,6 @@ def resolve(op: str, device: torch.device) -> str:
     if device.type != "cuda":
         return "reference"
     status = backend_status()
-    if chosen == "auto":
-        preferred = _auto_table().get(op)
-        order = ([preferred] if preferred else []) + ["cuda", "triton", "reference"]
-        return next(b for b in order if b in status and status[b][0])
     if chosen == "cpu":
         raise RuntimeError("resnet_fast: backend 'cpu' needs CPU tensors; got CUDA tensors")
     usable, why = status[chosen]
@@ -150,9 +242,28 @@ def primitives(device: torch.device) -> Primitives:
     key = (device.type, device.index)
     table = _tables.get(key)
     if table is None:
-        table = Primitives(**{op: _implementation(resolve(op, device), op) for op in _reference.PRIMITIVES})
-        _tables[key] = table
+        deferred = _deferred_checks
+        table = Primitives(**{op: _resolve(op, device)[1] for op in _reference.PRIMITIVES})
+        if _deferred_checks == deferred:  # else provisional: the first call outside compile/capture resolves again
+            _tables[key] = table
     return table
+
+
+@contextlib.contextmanager
+def table_for(device: torch.device, table: Primitives):
+    """Run the ops on ``device`` with the primitives ``table`` inside the block, whatever the selection.
+    Internal: the self-check runs the fused ops of the backend it checks through it."""
+    device = torch.device(device)
+    key = (device.type, device.index)
+    previous = _tables.get(key)
+    _tables[key] = table
+    try:
+        yield
+    finally:
+        if previous is None:
+            _tables.pop(key, None)
+        else:
+            _tables[key] = previous
 
 
 REFERENCE = Primitives(**_reference.PRIMITIVES)  # plain torch: what forward-mode AD differentiates
