@@ -47,7 +47,6 @@ Candidate = collections.namedtuple("Candidate", "name table self_check")
 # Self-check verdicts of this process, kept across set_backend: (backend, device type, index) -> verdicts.
 _verdicts: dict[tuple[str, str, int | None], dict] = {}
 _warned: set[tuple[str, str, int | None]] = set()
-_deferred_checks = 0  # how many times a check was put off by compile/capture (_cannot_check_now)
 
 
 def set_backend(name: str) -> None:
@@ -145,10 +144,7 @@ def _auto_candidates(device: torch.device) -> list[Candidate]:
 
 
 def _cannot_check_now(device: torch.device) -> bool:
-    """Inside torch.compile's tracing or a CUDA graph capture the check cannot run (Dynamo would trace it,
-    a capture forbids synchronizing): the first eager call outside runs it."""
-    if torch.compiler.is_compiling():
-        return True
+    """Inside a CUDA graph capture the check cannot run (it synchronizes): the first call outside runs it."""
     return device.type == "cuda" and torch.cuda.is_current_stream_capturing()
 
 
@@ -164,31 +160,59 @@ def _failed_primitives(verdicts: dict) -> tuple[list[str], str]:
     return (primitives or list(_reference.PRIMITIVES)), first
 
 
-def _passes_self_check(candidate: Candidate, op: str, device: torch.device, candidates: list[Candidate]) -> bool:
-    """Whether ``auto`` may use ``candidate`` for ``op`` on ``device``: True unless its self-check (run
-    once per process, or read from the cache folder) failed for ``op``. Warns once per backend."""
-    if not candidate.self_check or not self_check.enabled():
-        return True
-    key = (candidate.name, device.type, device.index)
+_PENDING = "?"  # _self_check_skips: the check could not run yet
+
+
+def _self_check_skips(name: str, device_type: str, index: int | None) -> str:
+    """The primitives (comma-separated) that ``auto`` must not take from the self-checked backend ``name``
+    on the device, running its check at the first call in this process (or reading the cached verdict)
+    and warning once if it failed; ``_PENDING`` inside a CUDA graph capture.
+
+    When the first use happens inside torch.compile, Dynamo calls this for real while tracing
+    (``assume_constant_result``) and bakes the answer into the graph: the check runs eagerly, in
+    plain Python, and the compiled graph never holds an unchecked backend."""
+    device = torch.device(device_type, index)
+    key = (name, device_type, index)
     verdicts = _verdicts.get(key)
     if verdicts is None:
         if _cannot_check_now(device):
-            global _deferred_checks
-            _deferred_checks += 1  # provisional: primitives() does not keep this table
-            return True
-        verdicts = _verdicts[key] = self_check.verdict(candidate.name, candidate.table, device)
-    skipped, first = _failed_primitives(verdicts)
-    if op not in skipped:
+            return _PENDING
+        candidates = _auto_candidates(device)
+        table = next(c.table for c in candidates if c.name == name)
+        verdicts = _verdicts[key] = self_check.verdict(name, table, device)
+        skipped, first = _failed_primitives(verdicts)
+        if skipped and key not in _warned:
+            _warned.add(key)
+            names = [c.name for c in candidates]
+            rest = names[names.index(name) + 1:]
+            warnings.warn(f"resnet_fast: backend {name!r} failed its self-check on {device} "
+                          f"({self_check.cache_key(name, device)['device']}): {first}; the auto backend skips it "
+                          f"for {', '.join(skipped)} (falling back to {' or '.join(rest)}). "
+                          f"`python -m resnet_fast.info --check` shows every result; {self_check.ENV}=0 turns "
+                          f"the check off.", RuntimeWarning, stacklevel=2)
+    return ",".join(_failed_primitives(verdicts)[0])
+
+
+# torch._dynamo.assume_constant_result(_self_check_skips), which does only this (torch/_dynamo/decorators.py):
+# importing Dynamo here would add seconds to every import. tests/test_self_check.py checks that it holds.
+_self_check_skips._dynamo_marked_constant = True
+
+
+def _passes_self_check(candidate: Candidate, op: str, device: torch.device) -> bool:
+    """Whether ``auto`` may use ``candidate`` for ``op`` on ``device``: True unless its self-check (run
+    once per process, or read from the cache folder) failed for ``op``."""
+    if not candidate.self_check or not self_check.enabled():
         return True
-    if key not in _warned:
-        _warned.add(key)
-        rest = [c.name for c in candidates[candidates.index(candidate) + 1:]]
-        warnings.warn(f"resnet_fast: backend {candidate.name!r} failed its self-check on {device} "
-                      f"({self_check.cache_key(candidate.name, device)['device']}): {first}; the auto backend "
-                      f"skips it for {', '.join(skipped)} (falling back to {' or '.join(rest)}). "
-                      f"`python -m resnet_fast.info --check` shows every result; {self_check.ENV}=0 turns the "
-                      f"check off.", RuntimeWarning, stacklevel=2)
-    return False
+    skipped = _self_check_skips(candidate.name, device.type, device.index)
+    return skipped == _PENDING or op not in skipped.split(",")
+
+
+def _checks_pending(device: torch.device) -> bool:
+    """Whether ``auto`` has a candidate for ``device`` whose self-check has not run in this process."""
+    if get_backend() != "auto" or device.type not in ("cpu", "cuda") or not self_check.enabled():
+        return False
+    return any(c.self_check and (c.name, device.type, device.index) not in _verdicts
+               for c in _auto_candidates(device))
 
 
 def _auto_choice(op: str, device: torch.device) -> Candidate:
@@ -196,7 +220,7 @@ def _auto_choice(op: str, device: torch.device) -> Candidate:
     preferred = _auto_table().get(op) if device.type == "cuda" else None
     order = [c for c in candidates if c.name == preferred] + [c for c in candidates if c.name != preferred]
     for candidate in order:  # a loop, not next(generator): Dynamo traces this on a first call under compile
-        if _passes_self_check(candidate, op, device, candidates):
+        if _passes_self_check(candidate, op, device):
             return candidate
     raise AssertionError("unreachable: the reference is never self-checked")
 
@@ -242,9 +266,10 @@ def primitives(device: torch.device) -> Primitives:
     key = (device.type, device.index)
     table = _tables.get(key)
     if table is None:
-        deferred = _deferred_checks
         table = Primitives(**{op: _resolve(op, device)[1] for op in _reference.PRIMITIVES})
-        if _deferred_checks == deferred:  # else provisional: the first call outside compile/capture resolves again
+        # Not kept while Dynamo traces (no side effects inside an autograd.Function's trace), nor when a
+        # check was put off by a CUDA graph capture: the next eager call resolves again.
+        if not torch.compiler.is_compiling() and not _checks_pending(device):
             _tables[key] = table
     return table
 

@@ -311,11 +311,6 @@ def check_backend(name: str, table, device: torch.device) -> dict[str, Verdict]:
 
 
 # ----------------------------------------------------------------------------- the cached verdict
-def cache_root() -> str:
-    """The package's cache folder: ``RESNET_FAST_CACHE``, default ``~/.cache/resnet_fast`` (the JIT build's too)."""
-    return os.environ.get("RESNET_FAST_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "resnet_fast"))
-
-
 def _device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
@@ -370,7 +365,9 @@ def cache_key(name: str, device: torch.device) -> dict:
 
 def _cache_path(key: dict) -> str:
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
-    return os.path.join(cache_root(), "self_check", f"{key['backend']}-{digest}.json")
+    from . import _extension
+
+    return os.path.join(_extension.cache_root(), "self_check", f"{key['backend']}-{digest}.json")
 
 
 def _load(path: str, key: dict) -> Optional[dict[str, Verdict]]:

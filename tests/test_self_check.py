@@ -228,8 +228,8 @@ def test_env_var_turns_the_check_off(fresh, monkeypatch):
 
 
 def test_check_is_deferred_where_it_cannot_run(fresh, monkeypatch):
-    """Inside torch.compile's tracing or a CUDA graph capture: the backend is used unchecked, the table is
-    not kept, and the first call outside runs the check."""
+    """Inside a CUDA graph capture (the check synchronizes): the backend is used unchecked, the table is not
+    kept, and the first call outside runs the check."""
     inject(monkeypatch, "broken", broken(bn_finalize=_wrong_bn_finalize))
     monkeypatch.setattr(backend, "_cannot_check_now", lambda device: True)
     assert backend.primitives(CPU).bn_finalize is _wrong_bn_finalize
@@ -305,3 +305,52 @@ def test_auto_checks_the_gpu_backends(monkeypatch, tmp_path):
     assert {name for name, *_ in backend._verdicts} <= {c.name for c in candidates}
     if candidates:
         assert list((tmp_path / "self_check").glob("*.json"))
+
+
+def test_first_use_inside_torch_compile_runs_the_check_eagerly(fresh, monkeypatch):
+    """The first resolution inside torch.compile: Dynamo calls the check for real (assume_constant_result),
+    so the compiled graph never holds the broken primitive, and the result is the reference's."""
+    calls = []
+
+    def counted_wrong(*args):
+        calls.append(1)
+        return _wrong_bn_finalize(*args)
+
+    inject(monkeypatch, "broken", broken(bn_finalize=counted_wrong))
+    x = torch.randn(2, 3, 4, 4, requires_grad=True)
+    compiled = torch.compile(lambda x: ops.bn_relu(x, None, None, None, None, training=True), fullgraph=True,
+                             backend="eager")
+    with pytest.warns(RuntimeWarning, match="backend 'broken'"):
+        out = compiled(x)
+    calls.clear()  # the check itself called it
+    out = compiled(x)
+    out.sum().backward()
+    assert calls == [] and fresh == ["broken"]
+    with selected_backend("reference"):
+        torch.testing.assert_close(out, ops.bn_relu(x, None, None, None, None, training=True))
+
+
+def _first_call(context):
+    x = torch.randn(2, 3, 4, 4)
+    bn_relu = lambda x: ops.bn_relu(x, None, None, None, None, training=True)  # noqa: E731
+    if context == "inference_mode":
+        with torch.inference_mode():
+            bn_relu(x)
+    elif context == "autocast":
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            bn_relu(x.requires_grad_())
+    elif context == "torch.func.grad":
+        torch.func.grad(lambda x: bn_relu(x).sum())(x)
+    else:  # vmap
+        torch.func.vmap(lambda xi: bn_relu(xi[None]))(x)
+
+
+@pytest.mark.parametrize("context", ["inference_mode", "autocast", "torch.func.grad", "vmap"])
+def test_first_use_in_any_context(fresh, monkeypatch, context):
+    """The first use may come under inference_mode, autocast or a torch.func transform: the check runs
+    plain eager autograd anyway and reaches the same verdict."""
+    inject(monkeypatch, "broken", broken(bn_finalize=_wrong_bn_finalize))
+    with pytest.warns(RuntimeWarning, match="backend 'broken'"):
+        _first_call(context)
+    failed = sorted(c for c, v in backend._verdicts["broken", "cpu", None].items() if not v.passed)
+    assert failed == sorted(("bn_finalize",) + self_check.FUSED_OPS)
