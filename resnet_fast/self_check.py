@@ -220,28 +220,43 @@ def _run_fused(fn, tensors: dict, wanted: tuple[str, ...], seed: int, dtype: tor
     g = torch.Generator().manual_seed(seed)
     grad_out = torch.randn(out.shape, generator=g, dtype=torch.float64).to(dtype).to(out.dtype).to(out.device)
     grads = torch.autograd.grad(out, [inputs[k] for k in wanted], grad_out)
-    stats = [inputs[k].detach() for k in sorted(inputs) if "running_" in k]
+    stats = [inputs[k].detach() for k in _stat_names(tensors)]
     return [out.detach(), *grads, *stats]
 
 
-def _compare(got: list[torch.Tensor], ref: list[torch.Tensor], truth: list[torch.Tensor]) -> str:
-    """"" when every tensor of ``got`` meets the criterion (module docstring), else what failed."""
+def _stat_names(tensors: dict) -> list[str]:
+    return [k for k in sorted(tensors) if "running_" in k]
+
+
+def _fused_labels(tensors: dict, wanted: tuple[str, ...]) -> list[str]:
+    """Names of ``_run_fused``'s tensors, for the error message."""
+    return ["out"] + [f"grad {k}" for k in wanted] + _stat_names(tensors)
+
+
+def _compare(got: list[torch.Tensor], ref: list[torch.Tensor], truth: list[torch.Tensor],
+             labels: Optional[list[str]] = None) -> str:
+    """"" when every tensor of ``got`` meets the criterion (module docstring), else what failed
+    (``labels`` name the tensors; by default "output <i>"). One device synchronization per call."""
+    labels = labels or [f"output {i}" for i in range(len(ref))]
     if len(got) != len(ref):
         return f"returned {len(got)} tensors, the reference {len(ref)}"
-    for i, (a, r, t) in enumerate(zip(got, ref, truth)):
+    measured = []  # (label, dtype, [error, the reference's error, scale]) of each non-empty tensor
+    for label, a, r, t in zip(labels, got, ref, truth):
         if a.shape != r.shape or a.dtype != r.dtype:
-            return f"output {i}: {a.dtype} {tuple(a.shape)}, the reference gives {r.dtype} {tuple(r.shape)}"
+            return f"{label}: {a.dtype} {tuple(a.shape)}, the reference gives {r.dtype} {tuple(r.shape)}"
         if a.dim() == 4 and a.numel() and a.stride() != r.stride():
-            return f"output {i}: strides {a.stride()}, the reference's {r.stride()} (memory format lost)"
-        if not a.numel():
-            continue
-        t = t.double()
-        err = (a.double() - t).abs().max().item()
-        ref_err = (r.double() - t).abs().max().item()
-        scale = max(1.0, t.abs().max().item())
-        bound = 2 * ref_err + FLOOR_ULPS.get(a.dtype, 64) * torch.finfo(a.dtype).eps * scale
+            return f"{label}: strides {a.stride()}, the reference's {r.stride()} (memory format lost)"
+        if a.numel():
+            t = t.double()
+            measured.append((label, a.dtype, torch.stack([(a.double() - t).abs().max(), (r.double() - t).abs().max(),
+                                                          t.abs().max()])))
+    if not measured:
+        return ""
+    values = torch.stack([m[2] for m in measured]).tolist()
+    for (label, dtype, _), (err, ref_err, scale) in zip(measured, values):
+        bound = 2 * ref_err + FLOOR_ULPS.get(dtype, 64) * torch.finfo(dtype).eps * max(1.0, scale)
         if not err <= bound:  # NaN fails too
-            return f"output {i}: error {err:.3g} > bound {bound:.3g} (the reference's error {ref_err:.3g})"
+            return f"{label}: error {err:.3g} > bound {bound:.3g} (the reference's error {ref_err:.3g})"
     return ""
 
 
@@ -304,7 +319,7 @@ def check_backend(name: str, table, device: torch.device) -> dict[str, Verdict]:
                             truth = _run_fused(fn, _upcast(tensors), wanted, seed, dtype)
                         with backend.table_for(device, table):
                             got = _run_fused(fn, tensors, wanted, seed, dtype)
-                        return _compare(got, ref, truth)
+                        return _compare(got, ref, truth, _fused_labels(tensors, wanted))
 
                     run_case(op, where, attempt)
     return {check: Verdict(name, check, errors.get(check, "")) for check in CHECKS}

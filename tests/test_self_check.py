@@ -354,3 +354,20 @@ def test_first_use_in_any_context(fresh, monkeypatch, context):
         _first_call(context)
     failed = sorted(c for c, v in backend._verdicts["broken", "cpu", None].items() if not v.passed)
     assert failed == sorted(("bn_finalize",) + self_check.FUSED_OPS)
+
+
+def test_info_check_exits_1_on_a_failure(fresh, monkeypatch, capsys):
+    """A backend whose bn_finalize is wrong: FAIL in the table, the error below it, exit status 1."""
+    from resnet_fast import info
+
+    target = "cpu" if backend.backend_status()["cpu"][0] else "reference"
+    table_of = backend.table_of
+    monkeypatch.setattr(backend, "table_of", lambda name: broken(bn_finalize=_wrong_bn_finalize) if name == target
+                        else table_of(name))
+    status = dict(backend.backend_status(), triton=(False, "left out by this test (slow under the interpreter)"))
+    monkeypatch.setattr(backend, "backend_status", lambda: status)
+    assert info.main(["--check"]) == 1
+    out = capsys.readouterr().out
+    (row,) = [line for line in out.splitlines() if line.split()[:1] == ["bn_finalize"]]
+    assert "FAIL" in row
+    assert f"FAIL {target} bn_finalize: float32 contiguous" in out and "failed" in out.splitlines()[-1]
