@@ -26,6 +26,12 @@ def collect() -> dict:
         triton_version = None
     compiled = _extension.load()
     cuda_built, cuda_why = _build_config.cuda_build_status()
+    cuda_choice = "no CUDA device"
+    if torch.cuda.is_available():  # per primitive, after auto's self-check (cached) of the candidates
+        cuda = torch.device("cuda", torch.cuda.current_device())
+        cuda_choice = {op: backend.resolve(op, cuda) for op in _extension.OPS}
+        if len(set(cuda_choice.values())) == 1:
+            cuda_choice = next(iter(cuda_choice.values()))
     return {
         "resnet_fast": resnet_fast.__version__,
         "python": platform.python_version(),
@@ -41,6 +47,7 @@ def collect() -> dict:
         "selected backend": backend.get_backend(),
         "backends": backend.backend_status(),
         "CPU tensors run on": backend.resolve("bn_stats", torch.device("cpu")),
+        "CUDA tensors run on": cuda_choice,
         "C++ CPU kernels": _extension.cpu_kernels(),
     }
 
@@ -93,7 +100,7 @@ def run_check(out=sys.stdout) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m resnet_fast.info", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m resnet_fast.info", description="Versions, and which backends are built and usable (and why not).")
     parser.add_argument("--check", action="store_true",
                         help="also run the self-check of every usable backend (every primitive and fused op "
                              "against the reference) and exit with status 1 on a failure")
