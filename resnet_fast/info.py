@@ -100,7 +100,8 @@ def run_check(out=sys.stdout) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m resnet_fast.info", description="Versions, and which backends are built and usable (and why not).")
+    parser = argparse.ArgumentParser(prog="python -m resnet_fast.info",
+                                     description="Versions, and which backends are built and usable (and why not).")
     parser.add_argument("--check", action="store_true",
                         help="also run the self-check of every usable backend (every primitive and fused op "
                              "against the reference) and exit with status 1 on a failure")

@@ -10,10 +10,10 @@ torch, ``ops/primitives.py``). It is used twice:
 - ``python -m resnet_fast.info --check`` runs it for every backend usable here and prints
   a table (exit status 1 on a failure);
 - ``backend.primitives(device)`` runs it, under ``auto`` on CUDA tensors, for the candidate
-  backends before their first use in a process, keeps the verdict in the cache folder
-  (``verdict``: keyed by GPU, extension build, kernel sources, torch and Triton versions)
-  and skips a failing backend for the primitives that failed. ``RESNET_FAST_SELF_CHECK=0``
-  turns that off.
+  backends ("cuda", "triton") before their first use in a process, keeps the verdict in the
+  cache folder (``verdict``: keyed by GPU, extension build, the package's Python kernel and op
+  sources, torch and Triton versions) and skips a failing backend for the primitives that
+  failed, with one warning. ``RESNET_FAST_SELF_CHECK=0`` turns that off.
 
 The criterion is the tests' (tests/op_testing.py, after flash-attention): against a float64
 oracle (the reference backend on the same inputs upcast), the checked backend's error in
@@ -21,9 +21,11 @@ dtype D may be at most twice the reference backend's own error in D, plus a floo
 units in the last place of the output's dtype (64 for float32/float64: sums in another order;
 8 for float16/bfloat16: one rounding on store, and one more where a conv follows). A wrong
 kernel errs by O(1); so this criterion neither flakes across GPUs nor lets an indexing bug
-through. The shapes are tiny (N=2, C=5, 3x4 maps: odd channel counts and tails) so the whole
-check is a few hundred kernel launches, well under a second on a GPU once the kernels are
-compiled, and it uses no autotuning and no global random state.
+through. The shapes are tiny (N=2, C=5, 3x4 maps: channel and spatial tails in every tile),
+so the whole check is a few thousand small launches (with the reference's) and about one
+synchronization per case: well under a second on a GPU once the kernels are compiled (Triton
+compiles each kernel variant the first time on a machine and keeps it in its own cache). It
+uses no autotuning and no global random state.
 """
 from __future__ import annotations
 
@@ -44,14 +46,12 @@ from .ops import primitives as _reference
 
 DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 LAYOUTS = {"contiguous": torch.contiguous_format, "channels_last": torch.channels_last}
-N, C, H, W = 2, 5, 3, 4  # odd C and H*W: channel and spatial tails in every kernel
+N, C, H, W = 2, 5, 3, 4  # C = 5 and 3 x 4 maps: partial channel and spatial tiles in every kernel
 FUSED_OPS = ("bn_relu", "bn_add_relu", "squeeze_excite", "conv_bn_relu", "bn_relu_conv")
 CHECKS = tuple(_reference.PRIMITIVES) + FUSED_OPS
 # Floor of the criterion in units of the last place of the compared tensor's dtype (module docstring).
 FLOOR_ULPS = {torch.float64: 64, torch.float32: 64, torch.float16: 8, torch.bfloat16: 8}
 ENV = "RESNET_FAST_SELF_CHECK"
-# Bump when the check itself changes what it runs: cached verdicts of older checks are then ignored.
-CHECK_VERSION = 1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -146,7 +146,8 @@ def _primitive_cases(inp: _Inputs, first_layout: bool) -> Iterator[tuple[str, st
     if not first_layout:  # the finalize steps see no activation: once per dtype is enough
         return
     mean, var = inp.acc_vec(C), inp.acc_vec(C, positive=True)
-    yield "bn_finalize", "affine, per sample", (mean, var, inp.param(C, positive=True), inp.param(C), 1e-5, N * H * W, N)
+    weight, bias = inp.param(C, positive=True), inp.param(C)
+    yield "bn_finalize", "affine, per sample", (mean, var, weight, bias, 1e-5, N * H * W, N)
     yield "bn_finalize", "no affine", (mean, var, None, None, 1e-3, N * H * W, 0)
     invstd = inp.acc_vec(C, positive=True)
     yield "bn_backward_finalize", "training, per sample", (inp.acc_vec(N, C), inp.acc_vec(N, C), invstd,
@@ -188,8 +189,8 @@ def _fused_cases(inp: _Inputs) -> Iterator[tuple[str, str, Callable, dict, tuple
            ("y", "identity", "fc1_weight", "fc1_bias", "fc2_weight", "fc2_bias") + bn)
 
     c_in = 3
-    tensors = {"x": inp.act((N, c_in, H, W)), "weight": inp.weight(C, c_in, 3, 3), "bn_weight": inp.param(C, positive=True),
-               "bn_bias": inp.param(C), "running_mean": inp.param(C), "running_var": inp.param(C, positive=True),
+    tensors = {"x": inp.act((N, c_in, H, W)), "weight": inp.weight(C, c_in, 3, 3),
+               "bn_weight": inp.param(C, positive=True), "bn_bias": inp.param(C), "running_mean": inp.param(C), "running_var": inp.param(C, positive=True),
                "residual": inp.act()}
     yield ("conv_bn_relu", "training, residual", lambda **t: ops.conv_bn_relu(**t, padding=1, training=True), tensors,
            ("x", "weight", "bn_weight", "bn_bias", "residual"))
@@ -363,8 +364,8 @@ def _python_sources() -> str:
 
 
 def cache_key(name: str, device: torch.device) -> dict:
-    """What a verdict depends on: the backend, the GPU (or CPU), the extension build, the kernel
-    sources, torch's and Triton's versions, and this check's version."""
+    """What a verdict depends on: the backend, the GPU (or CPU), the extension build, the Python sources
+    (Triton kernels, ops, this check), torch's and Triton's versions."""
     try:
         import triton
 
@@ -375,7 +376,7 @@ def cache_key(name: str, device: torch.device) -> dict:
 
     return {"backend": name, "device": _device_name(torch.device(device)), "extension": _extension_build(),
             "sources": _python_sources(), "torch": torch.__version__, "triton": triton_version,
-            "interpreted": backend.triton_interpreted(), "check": CHECK_VERSION}
+            "interpreted": backend.triton_interpreted()}
 
 
 def _cache_path(key: dict) -> str:
