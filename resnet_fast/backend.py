@@ -166,11 +166,7 @@ _PENDING = "?"  # _self_check_skips: the check could not run yet
 def _self_check_skips(name: str, device_type: str, index: int | None) -> str:
     """The primitives (comma-separated) that ``auto`` must not take from the self-checked backend ``name``
     on the device, running its check at the first call in this process (or reading the cached verdict)
-    and warning once if it failed; ``_PENDING`` inside a CUDA graph capture.
-
-    When the first use happens inside torch.compile, Dynamo calls this for real while tracing
-    (``assume_constant_result``) and bakes the answer into the graph: the check runs eagerly, in
-    plain Python, and the compiled graph never holds an unchecked backend."""
+    and warning once if it failed; ``_PENDING`` inside a CUDA graph capture."""
     device = torch.device(device_type, index)
     key = (name, device_type, index)
     verdicts = _verdicts.get(key)
@@ -191,11 +187,6 @@ def _self_check_skips(name: str, device_type: str, index: int | None) -> str:
                           f"`python -m resnet_fast.info --check` shows every result; {self_check.ENV}=0 turns "
                           f"the check off.", RuntimeWarning, stacklevel=2)
     return ",".join(_failed_primitives(verdicts)[0])
-
-
-# torch._dynamo.assume_constant_result(_self_check_skips), which does only this (torch/_dynamo/decorators.py):
-# importing Dynamo here would add seconds to every import. tests/test_self_check.py checks that it holds.
-_self_check_skips._dynamo_marked_constant = True
 
 
 def _passes_self_check(candidate: Candidate, op: str, device: torch.device) -> bool:
@@ -225,20 +216,37 @@ def _auto_choice(op: str, device: torch.device) -> Candidate:
     raise AssertionError("unreachable: the reference is never self-checked")
 
 
+def _auto_names(device_type: str, index: int | None) -> str:
+    """The backends ``auto`` takes the primitives from on the device, comma-separated in PRIMITIVES order.
+
+    When the first use happens inside torch.compile, Dynamo calls this for real while tracing
+    (assume_constant_result) and bakes the answer into the graph: the candidates' usability, the
+    benchmarks' table and the self-check run eagerly, in plain Python (nothing for Dynamo to trace
+    there: files, side effects), and a compiled graph never holds an unchecked backend."""
+    device = torch.device(device_type, index)
+    return ",".join([_auto_choice(op, device).name for op in _reference.PRIMITIVES])
+
+
+# torch._dynamo.assume_constant_result(_auto_names), which does only this (torch/_dynamo/decorators.py):
+# importing Dynamo here would add seconds to every import. tests/test_self_check.py checks that it holds.
+_auto_names._dynamo_marked_constant = True
+_OPS = tuple(_reference.PRIMITIVES)
+
+
 def _resolve(op: str, device: torch.device) -> tuple[str, object]:
     """(backend name, callable) of primitive ``op`` on ``device`` under the current selection."""
-    if get_backend() == "auto" and device.type in ("cpu", "cuda"):
-        candidate = _auto_choice(op, device)
-        return candidate.name, getattr(candidate.table, op)
     name = resolve(op, device)
-    return name, _implementation(name, op)
+    if name in BACKENDS:
+        return name, _implementation(name, op)
+    # A backend the tests put in _auto_candidates.
+    return name, next(getattr(c.table, op) for c in _auto_candidates(device) if c.name == name)
 
 
 def resolve(op: str, device: torch.device) -> str:
     """The backend that runs primitive ``op`` on ``device`` under the current selection."""
     chosen = get_backend()
     if chosen == "auto" and device.type in ("cpu", "cuda"):
-        return _auto_choice(op, device).name
+        return _auto_names(device.type, device.index).split(",")[_OPS.index(op)]
     if device.type == "cpu":
         if chosen == "cuda":
             raise RuntimeError("resnet_fast: backend 'cuda' needs CUDA tensors; got CPU tensors")
