@@ -13,7 +13,7 @@ Backends:
               passed its self-check (resnet_fast/self_check.py) on this GPU, build and
               versions (cached in the cache folder; ``RESNET_FAST_SELF_CHECK=0``: no check).
               A backend that fails it is skipped for the primitives that failed (all of
-              them when a fused op failed), with one warning.
+              them when only a fused op failed), with one warning.
 
 Pick one with ``resnet_fast.set_backend(name)`` or ``RESNET_FAST_BACKEND=name``. The choice
 is made when the backend is set: ``primitives(device)`` builds the table of callables for a
@@ -207,10 +207,11 @@ def _checks_pending(device: torch.device) -> bool:
 
 
 def _auto_choice(op: str, device: torch.device) -> Candidate:
+    """The first candidate for ``op`` (the benchmarks' choice first on CUDA) that is not skipped by its self-check."""
     candidates = _auto_candidates(device)
     preferred = _auto_table().get(op) if device.type == "cuda" else None
     order = [c for c in candidates if c.name == preferred] + [c for c in candidates if c.name != preferred]
-    for candidate in order:  # a loop, not next(generator): Dynamo traces this on a first call under compile
+    for candidate in order:
         if _passes_self_check(candidate, op, device):
             return candidate
     raise AssertionError("unreachable: the reference is never self-checked")
