@@ -54,8 +54,13 @@ def _cache_dir(sources: list[str], with_cuda: bool) -> str:
         with open(path, "rb") as f:
             digest.update(f.read())
     tag = f"torch{torch.__version__.replace('+', '_')}-{'cuda' if with_cuda else 'cpu'}-{digest.hexdigest()[:16]}"
-    base = os.environ.get("RESNET_FAST_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "resnet_fast"))
-    return os.path.join(base, tag)
+    return os.path.join(cache_root(), tag)
+
+
+def cache_root() -> str:
+    """The package's cache folder (JIT builds, the backends' self-check verdicts): ``RESNET_FAST_CACHE``,
+    default ``~/.cache/resnet_fast``."""
+    return os.environ.get("RESNET_FAST_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "resnet_fast"))
 
 
 def _jit_build() -> str:

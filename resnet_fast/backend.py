@@ -9,7 +9,11 @@ Backends:
   "auto"      (default) CPU tensors: "cpu" when compiled, else "reference". CUDA tensors:
               per primitive, the faster of "cuda"/"triton" from the table the benchmarks
               write (resnet_fast/backend_table.json), else "cuda", "triton", "reference"
-              in that order of availability.
+              in that order of availability; each of "cuda" and "triton" only once it has
+              passed its self-check (resnet_fast/self_check.py) on this GPU, build and
+              versions (cached in the cache folder; ``RESNET_FAST_SELF_CHECK=0``: no check).
+              A backend that fails it is skipped for the primitives that failed (all of
+              them when only a fused op failed), with one warning.
 
 Pick one with ``resnet_fast.set_backend(name)`` or ``RESNET_FAST_BACKEND=name``. The choice
 is made when the backend is set: ``primitives(device)`` builds the table of callables for a
@@ -19,13 +23,15 @@ per call, not a resolution.
 from __future__ import annotations
 
 import collections
+import contextlib
 import functools
 import json
 import os
+import warnings
 
 import torch
 
-from . import _extension
+from . import _extension, self_check
 from .ops import primitives as _reference
 
 BACKENDS = ("auto", "cpu", "cuda", "triton", "reference")
@@ -36,6 +42,11 @@ _selected = os.environ.get("RESNET_FAST_BACKEND", "auto")
 # first call after set_backend happens inside torch.compile).
 Primitives = collections.namedtuple("Primitives", list(_reference.PRIMITIVES))
 _tables: dict[tuple[str, int | None], Primitives] = {}  # (device type, index) -> primitives
+# A backend auto may pick: its name, its callables, and whether it must pass the self-check first.
+Candidate = collections.namedtuple("Candidate", "name table self_check")
+# Self-check verdicts of this process, kept across set_backend: (backend, device type, index) -> verdicts.
+_verdicts: dict[tuple[str, str, int | None], dict] = {}
+_warned: set[tuple[str, str, int | None]] = set()
 
 
 def set_backend(name: str) -> None:
@@ -114,12 +125,130 @@ def _implementation(name: str, op: str):
     return getattr(torch.ops.resnet_fast, op).default
 
 
+def table_of(name: str) -> Primitives:
+    """All the primitives of backend ``name`` (not checked for usability: see ``backend_status``)."""
+    return Primitives(**{op: _implementation(name, op) for op in _reference.PRIMITIVES})
+
+
+def _auto_candidates(device: torch.device) -> list[Candidate]:
+    """The backends ``auto`` may use for tensors on ``device``, usable here, best first, the reference
+    last. The compiled CPU kernels are not self-checked (the check is for GPUs the kernels were never
+    run on; ``python -m resnet_fast.info --check`` checks them). Internal seam: the tests replace
+    this function to put a deliberately broken backend in the list."""
+    if device.type == "cpu":
+        names, checked = (["cpu"] if _extension.load() else []), False
+    else:  # cuda
+        status = backend_status()
+        names, checked = [b for b in ("cuda", "triton") if status[b][0]], True
+    return [Candidate(n, table_of(n), checked) for n in names] + [Candidate("reference", REFERENCE, False)]
+
+
+def _cannot_check_now(device: torch.device) -> bool:
+    """Inside a CUDA graph capture the check cannot run (it synchronizes): the first call outside runs it."""
+    return device.type == "cuda" and torch.cuda.is_current_stream_capturing()
+
+
+def _failed_primitives(verdicts: dict) -> tuple[list[str], str]:
+    """(primitives to skip, the first failure as "check: error") of a backend's verdicts. Failing
+    primitives are skipped (the fused ops that use them fail with them); a fused op failing while
+    every primitive passes cannot be pinned on one, so it skips them all."""
+    failures = [v for v in verdicts.values() if not v.passed]
+    if not failures:
+        return [], ""
+    first = f"{failures[0].check}: {failures[0].error}"
+    primitives = [v.check for v in failures if v.check in _reference.PRIMITIVES]
+    return (primitives or list(_reference.PRIMITIVES)), first
+
+
+_PENDING = "?"  # _self_check_skips: the check could not run yet
+
+
+def _self_check_skips(name: str, device_type: str, index: int | None) -> str:
+    """The primitives (comma-separated) that ``auto`` must not take from the self-checked backend ``name``
+    on the device, running its check at the first call in this process (or reading the cached verdict)
+    and warning once if it failed; ``_PENDING`` inside a CUDA graph capture."""
+    device = torch.device(device_type, index)
+    key = (name, device_type, index)
+    verdicts = _verdicts.get(key)
+    if verdicts is None:
+        if _cannot_check_now(device):
+            return _PENDING
+        candidates = _auto_candidates(device)
+        table = next(c.table for c in candidates if c.name == name)
+        verdicts = _verdicts[key] = self_check.verdict(name, table, device)
+        skipped, first = _failed_primitives(verdicts)
+        if skipped and key not in _warned:
+            _warned.add(key)
+            names = [c.name for c in candidates]
+            rest = names[names.index(name) + 1:]
+            warnings.warn(f"resnet_fast: backend {name!r} failed its self-check on {device} "
+                          f"({self_check.cache_key(name, device)['device']}): {first}; the auto backend skips it "
+                          f"for {', '.join(skipped)} (falling back to {' or '.join(rest)}). "
+                          f"`python -m resnet_fast.info --check` shows every result; {self_check.ENV}=0 turns "
+                          f"the check off.", RuntimeWarning, stacklevel=2)
+    return ",".join(_failed_primitives(verdicts)[0])
+
+
+def _passes_self_check(candidate: Candidate, op: str, device: torch.device) -> bool:
+    """Whether ``auto`` may use ``candidate`` for ``op`` on ``device``: True unless its self-check (run
+    once per process, or read from the cache folder) failed for ``op``."""
+    if not candidate.self_check or not self_check.enabled():
+        return True
+    skipped = _self_check_skips(candidate.name, device.type, device.index)
+    return skipped == _PENDING or op not in skipped.split(",")
+
+
+def _checks_pending(device: torch.device) -> bool:
+    """Whether ``auto`` has a candidate for ``device`` whose self-check has not run in this process."""
+    if get_backend() != "auto" or device.type not in ("cpu", "cuda") or not self_check.enabled():
+        return False
+    return any(c.self_check and (c.name, device.type, device.index) not in _verdicts
+               for c in _auto_candidates(device))
+
+
+def _auto_choice(op: str, device: torch.device) -> Candidate:
+    """The first candidate for ``op`` (the benchmarks' choice first on CUDA) that is not skipped by its self-check."""
+    candidates = _auto_candidates(device)
+    preferred = _auto_table().get(op) if device.type == "cuda" else None
+    order = [c for c in candidates if c.name == preferred] + [c for c in candidates if c.name != preferred]
+    for candidate in order:
+        if _passes_self_check(candidate, op, device):
+            return candidate
+    raise AssertionError("unreachable: the reference is never self-checked")
+
+
+def _auto_names(device_type: str, index: int | None) -> str:
+    """The backends ``auto`` takes the primitives from on the device, comma-separated in PRIMITIVES order.
+
+    When the first use happens inside torch.compile, Dynamo calls this for real while tracing
+    (assume_constant_result) and bakes the answer into the graph: the candidates' usability, the
+    benchmarks' table and the self-check run eagerly, in plain Python (nothing for Dynamo to trace
+    there: files, side effects), and a compiled graph never holds an unchecked backend."""
+    device = torch.device(device_type, index)
+    return ",".join([_auto_choice(op, device).name for op in _reference.PRIMITIVES])
+
+
+# torch._dynamo.assume_constant_result(_auto_names), which does only this (torch/_dynamo/decorators.py):
+# importing Dynamo here would add seconds to every import. tests/test_self_check.py checks that it holds.
+_auto_names._dynamo_marked_constant = True
+_OPS = tuple(_reference.PRIMITIVES)
+
+
+def _resolve(op: str, device: torch.device) -> tuple[str, object]:
+    """(backend name, callable) of primitive ``op`` on ``device`` under the current selection."""
+    name = resolve(op, device)
+    if name in BACKENDS:
+        return name, _implementation(name, op)
+    # A backend the tests put in _auto_candidates.
+    return name, next(getattr(c.table, op) for c in _auto_candidates(device) if c.name == name)
+
+
 def resolve(op: str, device: torch.device) -> str:
     """The backend that runs primitive ``op`` on ``device`` under the current selection."""
     chosen = get_backend()
+    if chosen == "auto" and device.type in ("cpu", "cuda"):
+        return _auto_names(device.type, device.index).split(",")[_OPS.index(op)]
     if device.type == "cpu":
-        if chosen == "auto":
-            return "cpu" if _extension.load() else "reference"
         if chosen == "cuda":
             raise RuntimeError("resnet_fast: backend 'cuda' needs CUDA tensors; got CPU tensors")
         if chosen == "triton" and not triton_interpreted():
@@ -132,10 +261,6 @@ def resolve(op: str, device: torch.device) -> str:
     if device.type != "cuda":
         return "reference"
     status = backend_status()
-    if chosen == "auto":
-        preferred = _auto_table().get(op)
-        order = ([preferred] if preferred else []) + ["cuda", "triton", "reference"]
-        return next(b for b in order if b in status and status[b][0])
     if chosen == "cpu":
         raise RuntimeError("resnet_fast: backend 'cpu' needs CPU tensors; got CUDA tensors")
     usable, why = status[chosen]
@@ -150,9 +275,29 @@ def primitives(device: torch.device) -> Primitives:
     key = (device.type, device.index)
     table = _tables.get(key)
     if table is None:
-        table = Primitives(**{op: _implementation(resolve(op, device), op) for op in _reference.PRIMITIVES})
-        _tables[key] = table
+        table = Primitives(**{op: _resolve(op, device)[1] for op in _reference.PRIMITIVES})
+        # Not kept while Dynamo traces (no side effects inside an autograd.Function's trace), nor when a
+        # check was put off by a CUDA graph capture: the next eager call resolves again.
+        if not torch.compiler.is_compiling() and not _checks_pending(device):
+            _tables[key] = table
     return table
+
+
+@contextlib.contextmanager
+def table_for(device: torch.device, table: Primitives):
+    """Run the ops on ``device`` with the primitives ``table`` inside the block, whatever the selection.
+    Internal: the self-check runs the fused ops of the backend it checks through it."""
+    device = torch.device(device)
+    key = (device.type, device.index)
+    previous = _tables.get(key)
+    _tables[key] = table
+    try:
+        yield
+    finally:
+        if previous is None:
+            _tables.pop(key, None)
+        else:
+            _tables[key] = previous
 
 
 REFERENCE = Primitives(**_reference.PRIMITIVES)  # plain torch: what forward-mode AD differentiates
