@@ -162,7 +162,8 @@ if (( HAVE_GPU )) && [[ "$INFO_HELP" != *--check* ]]; then
     log "SKIP info_check: resnet_fast.info has no --check yet"
     status info_check absent 0 0
 else
-    gpu_phase info_check 60 "$OUT/run.log" "resnet_fast/info.py" -- "$PY" -m resnet_fast.info --check \
+    # 150 s: with a cold Triton cache the check compiles every kernel variant it runs (tens of seconds)
+    gpu_phase info_check 150 "$OUT/run.log" "resnet_fast/info.py" -- "$PY" -m resnet_fast.info --check \
         || { FAILED=1; log "FAIL info --check (a backend failed its self-check)"; }
 fi
 
