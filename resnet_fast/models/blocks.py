@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import ops
+from ._conv_fusion import fused_block_forward
 from ._fusion import (bn_relu_conv, conv_add, conv_bn, conv_residual_tail, downsample_parts, fusable_conv,
                       has_hooks, identity_branch, norm_args, recompute_conv_inputs, residual_tail)
 
@@ -166,6 +167,9 @@ class BasicBlock(_ResidualBlock):
         if fused is None:
             return self.forward_eager(x)
         (bn1, bn2), se = fused
+        out = fused_block_forward(self, x, ("conv1", "conv2"), (bn1,), bn2, se)  # the Triton conv chain, if chosen
+        if out is not None:
+            return out
         if recompute_conv_inputs() and fusable_conv(self.conv2):
             return residual_tail(bn_relu_conv(self.conv1(x), bn1, self.conv2), bn2, x, self.downsample, se)
         out = conv_bn(x, self.conv1, bn1)
@@ -221,6 +225,9 @@ class Bottleneck(_ResidualBlock):
         if fused is None:
             return self.forward_eager(x)
         (bn1, bn2, bn3), se = fused
+        out = fused_block_forward(self, x, ("conv1", "conv2", "conv3"), (bn1, bn2), bn3, se)  # Triton conv chain
+        if out is not None:
+            return out
         if recompute_conv_inputs() and fusable_conv(self.conv3):
             # Autograd keeps x and the three raw convolution outputs; relu(bn(.)) is recomputed.
             out = bn_relu_conv(self.conv1(x), bn1, self.conv2)
