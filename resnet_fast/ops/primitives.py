@@ -306,8 +306,9 @@ def conv_dgrad(dz: Tensor, weight: Tensor, height: int, width: int, stride: int,
     shape = (dz.shape[0], weight.shape[1], height, width)
     da = torch.nn.grad.conv2d_input(shape, weight.float(), dy, stride, padding)
     if x_prev is None:
-        empty = dz.new_empty((0,), dtype=torch.float32)
-        return _channels_last(da, dz.dtype), empty, empty
+        # (two empty tensors: outputs must not alias)
+        return _channels_last(da, dz.dtype), dz.new_empty((0,), dtype=torch.float32), dz.new_empty(
+            (0,), dtype=torch.float32)
     xp = x_prev.float()
     g = _channels_last(torch.where(xp * _c(scale_prev) + _c(shift_prev) > 0, da, 0.0), dz.dtype)
     gf = g.float()

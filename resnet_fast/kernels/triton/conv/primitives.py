@@ -31,7 +31,7 @@ def conv_dgrad(dz: Tensor, weight: Tensor, height: int, width: int, stride: int,
                               coef_c=coef_c, x_prev=x_prev, scale_prev=scale_prev, shift_prev=shift_prev,
                               mean_prev=mean_prev)
     if sum_g is None:
-        sum_g = sum_gx = dz.new_empty((0,), dtype=torch.float32)
+        sum_g, sum_gx = dz.new_empty((0,), dtype=torch.float32), dz.new_empty((0,), dtype=torch.float32)
     return g, sum_g, sum_gx
 
 
