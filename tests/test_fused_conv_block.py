@@ -164,6 +164,48 @@ def test_bottleneck_float16(fused, chain_calls):
     compare_blocks(ref, block.half(), block_input(c_in, torch.float16), torch.float16, True, chain_calls)
 
 
+def test_se_bottleneck_matches_aten_path(fused, conv_choice, chain_calls):
+    """A post-activation SE block: the chain, then the squeeze_excite tail; against the same block on
+    today's path (ATen convolutions; torchvision has no SE block)."""
+    from resnet_fast.models.blocks import SEModule
+
+    torch.manual_seed(0)
+    block = Bottleneck(16, 8, stride=2, downsample=downsample(16, 32, 2), se_layer=SEModule).to(DEVICE)
+    for m in block.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            nn.init.uniform_(m.weight, 0.5, 1.5)
+            nn.init.uniform_(m.bias, -0.5, 0.5)
+    x = block_input(16)
+    state = {k: v.clone() for k, v in block.state_dict().items()}
+    out, gx, grads = run(block, x)
+    assert chain_calls == [1]
+    fused_state = {k: v.clone() for k, v in block.state_dict().items()}
+    block.load_state_dict(state)
+    conv_choice("aten")
+    ref_out, ref_gx, ref_grads = run(block, x)
+    assert chain_calls == [1]
+    close(out, ref_out, 1e-4, "output")
+    close(gx, ref_gx, 1e-4, "input gradient")
+    for name in ref_grads:
+        close(grads[name], ref_grads[name], 1e-4, name)
+    for name, value in block.state_dict().items():
+        close(fused_state[name], value, 1e-5, name)
+
+
+def test_double_backward(fused):
+    """A gradient with create_graph=True (gradient penalty): the chain's backward recomputes with eager
+    operations (_double_backward), so the second-order terms are eager PyTorch's."""
+    results = []
+    for model in make_pair("basic", 1)[:2]:
+        model.train()
+        x = block_input(8).requires_grad_(True)
+        (gx,) = torch.autograd.grad(model(x).square().sum(), x, create_graph=True)
+        gx.square().sum().backward()
+        results.append((gx.detach(), model.conv1.weight.grad, model.bn1.weight.grad))
+    for got, want, name in zip(results[1], results[0], ("input gradient", "conv1.weight", "bn1.weight")):
+        close(got, want, 1e-4, name)
+
+
 def test_saves_only_raw_outputs(fused):
     """The chain keeps x, the raw y1, y2 and per-channel vectors: no normalized or ReLU'd activation.
     With the tail (y3 and the downsample's raw output) and the downsample conv's input (x) that makes
