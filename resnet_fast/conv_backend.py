@@ -96,11 +96,12 @@ def runs_on(device: torch.device) -> Optional[str]:
     return f"tensors on {device.type} (the Triton convolutions need CUDA tensors)"
 
 
-@torch.compiler.assume_constant_result
 def _gpu_name(index: int) -> str:
     return torch.cuda.get_device_name(index)
 
 
+# (a constant of the process for torch.compile: the table and the GPU do not change under a compiled graph)
+@torch.compiler.assume_constant_result
 def table_chooses_triton(device: torch.device, dtype: torch.dtype, layers: Sequence[tuple]) -> bool:
     """Whether the table chose "triton" for every layer of a block's chain on ``device`` (``auto``).
 

@@ -310,6 +310,28 @@ def test_compile_fullgraph_block(conv_choice):
     torch._dynamo.reset()
 
 
+def test_launcher_checks_trace():
+    """The conv launchers' argument checks trace under torch.compile(fullgraph=True) (plain ``if``s, not
+    torch._check, whose message closures over tensors Dynamo refuses): on a GPU the launchers run inside
+    the compiled chain. (The launches themselves need a GPU: wrap_triton rejects interpreted kernels.)"""
+    from resnet_fast.kernels.triton.conv import _common
+
+    def checks(x, w, scale):
+        _common.check_activation("conv_forward", "x", x)
+        _common.check_weight("conv_forward", w, x)
+        geom = _common.check_geometry("conv_forward", x.shape, w.shape, 2, 1)
+        scale = _common.check_vector("conv_forward", "scale", scale, geom.c_in, x.device)
+        return _common.weight_krsc(w).sum() + scale.sum() + geom.rows
+
+    x = torch.randn(2, 8, 5, 5).contiguous(memory_format=torch.channels_last)
+    w, scale = torch.randn(16, 8, 3, 3), torch.ones(8)
+    torch._dynamo.reset()
+    assert torch.equal(torch.compile(checks, fullgraph=True, backend="eager")(x, w, scale), checks(x, w, scale))
+    with pytest.raises(RuntimeError, match="must be channels_last"):
+        torch.compile(checks, fullgraph=True, backend="eager")(x.contiguous(), w, scale)
+    torch._dynamo.reset()
+
+
 # ----------------------------------------------------------------------------- routing
 def test_aten_and_auto_on_cpu_keep_todays_path(conv_choice, chain_calls):
     _, block, c_in = make_pair("basic", 1)

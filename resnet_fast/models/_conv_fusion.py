@@ -54,7 +54,8 @@ def _uncovered_conv(name: str, conv: nn.Module) -> Optional[str]:
     return None
 
 
-def uncovered(x: Tensor, convs: Sequence[tuple[str, nn.Module]], norms: Sequence[tuple[str, NormArgs]]) -> Optional[str]:
+def uncovered(x: Tensor, convs: Sequence[tuple[str, nn.Module]],
+              norms: Sequence[tuple[str, NormArgs]]) -> Optional[str]:
     """None when the fused chain covers ``convs`` (named) with ``norms`` between them on x, else why not."""
     why = conv_backend.runs_on(x.device)
     if why is not None:
