@@ -7,8 +7,6 @@ tiles (32 rows x 16 channels) still give row and channel tails. The BN primitive
 backend too (set_backend("triton")), so the route is the GPU's: block -> fused_conv_chain ->
 FusedConvChainFunction -> conv primitives + bn_finalize / bn_backward_finalize -> kernels.
 """
-import os
-
 import pytest
 import torch
 from torch import nn
@@ -16,7 +14,6 @@ from torch import nn
 import resnet_fast
 from op_testing import selected_backend
 from resnet_fast import backend, conv_backend, ops
-from resnet_fast.models import _conv_fusion
 from resnet_fast.models.blocks import BasicBlock, Bottleneck
 
 tv = pytest.importorskip("torchvision.models.resnet")

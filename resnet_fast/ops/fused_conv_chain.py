@@ -31,7 +31,7 @@ dilation 1.
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -138,8 +138,8 @@ class FusedConvChainFunction(FusedFunction):
                 None, None)
 
 
-def _backward(grad_y, x, weights, gammas, betas, ys, means, invstds, scales, shifts, config, need_x, need_w, need_gamma,
-              need_beta):
+def _backward(grad_y, x, weights, gammas, betas, ys, means, invstds, scales, shifts, config, need_x, need_w,
+              need_gamma, need_beta):
     """(grad_x, grad per weight, grad per BN weight, grad per BN bias): the module docstring's backward."""
     strides, paddings, bn_config = config
     prims, conv = backend.primitives(x.device), conv_backend.conv_primitives(x.device)
