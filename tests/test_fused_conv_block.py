@@ -26,6 +26,16 @@ DEVICE = "cuda" if CUDA else "cpu"
 TOL = {torch.float32: 1e-4, torch.float16: 3e-2}
 
 
+@pytest.fixture(autouse=True)
+def no_tf32():
+    """On a GPU, fp32 convolutions (cuDNN's and the kernels', which follow cudnn.allow_tf32) in IEEE fp32:
+    the fp32 tolerances are for summation order, not TF32's 10-bit mantissa."""
+    previous = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = False
+    yield
+    torch.backends.cudnn.allow_tf32 = previous
+
+
 @pytest.fixture
 def conv_choice():
     """Select a convolution backend for the test, restoring the previous one after."""
@@ -341,8 +351,8 @@ def test_launcher_checks_trace():
         scale = _common.check_vector("conv_forward", "scale", scale, geom.c_in, x.device)
         return _common.weight_krsc(w).sum() + scale.sum() + geom.rows
 
-    x = torch.randn(2, 8, 5, 5).contiguous(memory_format=torch.channels_last)
-    w, scale = torch.randn(16, 8, 3, 3), torch.ones(8)
+    x = torch.randn(2, 8, 5, 5, device=DEVICE).contiguous(memory_format=torch.channels_last)
+    w, scale = torch.randn(16, 8, 3, 3, device=DEVICE), torch.ones(8, device=DEVICE)
     torch._dynamo.reset()
     assert torch.equal(torch.compile(checks, fullgraph=True, backend="eager")(x, w, scale), checks(x, w, scale))
     with pytest.raises(RuntimeError, match="must be channels_last"):
