@@ -166,6 +166,22 @@ def test_basic_block_matches_torchvision(fused, chain_calls, stride, momentum, f
     compare_blocks(ref, block, block_input(c_in, fmt=fmt), torch.float32, True, chain_calls)
 
 
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+def test_forward_without_autograd(fused, chain_calls, training):
+    """Forced, the chain runs without autograd too (train under no_grad updates the running statistics;
+    inference normalizes with them), as torchvision does."""
+    ref, block, c_in = make_pair("basic", 2)
+    ref.train(training)
+    block.train(training)
+    x = block_input(c_in)
+    with torch.no_grad():
+        out, ref_out = block(x), ref(x)
+    assert chain_calls == [1]
+    close(out, ref_out, 1e-4, "output")
+    for (name, got), (_, want) in zip(block.named_buffers(), ref.named_buffers()):
+        close(got, want, 1e-5, name)
+
+
 def test_bottleneck_float16(fused, chain_calls):
     ref, block, c_in = make_pair("bottleneck", 2)
     compare_blocks(ref, block.half(), block_input(c_in, torch.float16), torch.float16, True, chain_calls)
