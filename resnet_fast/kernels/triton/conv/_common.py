@@ -170,10 +170,10 @@ def check_activation(op: str, name: str, t: Tensor, channels: Optional[int] = No
             lambda: f"{op}: {name} must be float16, bfloat16 or float32, got {t.dtype}")
     require(t.is_cuda or (INTERPRETED and t.device.type == "cpu"),
             lambda: f"{op}: {name} is on {t.device}; the Triton kernels need CUDA tensors "
-                         "(CPU tensors only under TRITON_INTERPRET=1)")
+                    "(CPU tensors only under TRITON_INTERPRET=1)")
     require(t.is_contiguous(memory_format=torch.channels_last),
             lambda: f"{op}: {name} must be channels_last-contiguous (N, H, W, C in memory), got strides "
-                         f"{t.stride()} for shape {tuple(t.shape)}")
+                    f"{t.stride()} for shape {tuple(t.shape)}")
     require(t.numel() < _INT32_LIMIT, lambda: f"{op}: {name} has {t.numel()} elements, over the int32 limit")
     if channels is not None:
         require(t.shape[1] == channels,
@@ -216,10 +216,10 @@ def check_geometry(op: str, x_shape: Sequence[int], weight_shape: Sequence[int],
     c_out, w_in, kh, kw = (int(v) for v in weight_shape)
     require(w_in == c_in,
             lambda: f"{op}: weight has {w_in} input channels, the activation {c_in}"
-                         + (f" (grouped convolution, groups = {c_in // w_in}, is not supported: groups must be 1)"
-                            if w_in and c_in % w_in == 0 else ""))
+                    + (f" (grouped convolution, groups = {c_in // w_in}, is not supported: groups must be 1)"
+                       if w_in and c_in % w_in == 0 else ""))
     require((kh, kw) in ((1, 1), (3, 3)), lambda: f"{op}: weight's kernel size {kh}x{kw} is not supported "
-                                                       "(1x1 or 3x3)")
+                                                  "(1x1 or 3x3)")
     stride = _pair(op, "stride", stride)
     padding = _pair(op, "padding", padding)
     require(stride in (1, 2), lambda: f"{op}: stride {stride} is not supported (1 or 2)")
