@@ -14,15 +14,23 @@ Backends:
 Pick one with ``resnet_fast.set_conv_backend(name)`` or ``RESNET_FAST_CONV_BACKEND=name``.
 The table is written by ``benchmarks/conv_layers.py`` on a GPU; its keys come from
 ``table_key`` so that writer and reader cannot drift apart.
+
+The convolution primitives (``ops/primitives.py`` CONV_SCHEMAS) run from ``conv_primitives(device)``:
+the Triton launchers; under the interpreter (CPU tensors) while torch.compile traces, the registered
+``torch.ops.resnet_fast.conv_*`` ops instead (their CPU kernel is the plain-torch reference: Dynamo
+rejects interpreted Triton kernels, so a CPU compile checks the tracing, not the Triton numerics).
 """
 from __future__ import annotations
 
+import collections
 import functools
 import json
 import os
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
+
+from .ops import primitives as _primitives
 
 CONV_BACKENDS = ("aten", "triton", "auto")
 # The shipped table; RESNET_FAST_CONV_TABLE names another (the GPU run points its model rows at the
@@ -73,3 +81,72 @@ def load_table(path: str = TABLE_PATH) -> dict[str, str]:
 def table_choice(key: str) -> Optional[str]:
     """What the table says for ``key`` ("triton" / "aten"), or None when it has no entry."""
     return load_table().get(key)
+
+
+# ----------------------------------------------------------------------------- where the fused chain runs
+def runs_on(device: torch.device) -> Optional[str]:
+    """None when the Triton convolutions can run tensors on ``device``, else why not."""
+    if device.type == "cuda":
+        try:
+            import triton  # noqa: F401
+        except ImportError as error:
+            return f"triton is not importable ({error})"
+        return None
+    if device.type == "cpu":
+        if os.environ.get("TRITON_INTERPRET", "0") in ("", "0"):
+            return "CPU tensors run the Triton convolutions only under TRITON_INTERPRET=1 (the Triton interpreter)"
+        return None
+    return f"tensors on {device.type} (the Triton convolutions need CUDA tensors)"
+
+
+def _gpu_name(index: int) -> str:
+    return torch.cuda.get_device_name(index)
+
+
+# (a constant of the process for torch.compile: the table and the GPU do not change under a compiled graph)
+@torch.compiler.assume_constant_result
+def table_chooses_triton(device: torch.device, dtype: torch.dtype, layers: Sequence[tuple]) -> bool:
+    """Whether the table chose "triton" for every layer of a block's chain on ``device`` (``auto``).
+
+    ``layers``: (in_channels, height, width, out_channels, kernel_size, stride) per convolution, as
+    ``table_key`` takes them. A block runs its chain fused or not at all (the convolutions between
+    its BatchNorms exchange raw outputs and prologue coefficients), so one layer without a "triton"
+    entry keeps the whole block on ATen.
+    """
+    if device.type != "cuda":
+        return False
+    table = load_table()
+    if not table:
+        return False
+    name = _gpu_name(device.index if device.index is not None else torch.cuda.current_device())
+    return all(table.get(table_key(name, dtype, *layer)) == "triton" for layer in layers)
+
+
+# ----------------------------------------------------------------------------- the convolution primitives
+ConvPrimitives = collections.namedtuple("ConvPrimitives", list(_primitives.CONV_PRIMITIVES))
+CONV_REFERENCE = ConvPrimitives(**_primitives.CONV_PRIMITIVES)  # plain torch (forward-mode AD)
+
+
+_tables: dict[str, ConvPrimitives] = {}  # "triton" / "ops" -> table, built at first use (plain dict: Dynamo reads it)
+
+
+def _table(kind: str) -> ConvPrimitives:
+    table = _tables.get(kind)
+    if table is None:
+        if kind == "triton":
+            from .kernels.triton.conv import primitives as triton_conv
+
+            table = ConvPrimitives(**{name: getattr(triton_conv, name) for name in _primitives.CONV_PRIMITIVES})
+        else:
+            table = ConvPrimitives(**{name: getattr(torch.ops.resnet_fast, name).default
+                                      for name in _primitives.CONV_PRIMITIVES})
+        _tables[kind] = table
+    return table
+
+
+def conv_primitives(device: torch.device) -> ConvPrimitives:
+    """The convolution primitives the fused chain calls for tensors on ``device``: the Triton launchers;
+    on CPU tensors (the interpreter) while torch.compile traces, the registered ops (module docstring)."""
+    if device.type == "cpu" and torch.compiler.is_compiling():
+        return _table("ops")
+    return _table("triton")

@@ -30,7 +30,7 @@ def op_backend(request):
 
 
 # Test files that run the Triton kernels through the interpreter when there is no GPU.
-INTERPRETER_TEST_FILES = {"test_triton_primitives.py", "test_triton_ops.py"}
+INTERPRETER_TEST_FILES = {"test_triton_primitives.py", "test_triton_ops.py", "test_fused_conv_block.py"}
 
 
 def pytest_collection_modifyitems(config, items):

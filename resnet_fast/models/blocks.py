@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import ops
+from ._conv_fusion import fused_block_forward
 from ._fusion import (DownsamplePlan, bn_relu_conv, conv_add, conv_bn, conv_residual_tail, downsample_parts,
                       downsample_plan, fusable_conv, hooked, identity_branch, norm_kind, pack_norm, plan_of,
                       recompute_conv_inputs, residual_tail, submodules)
@@ -188,6 +189,9 @@ class BasicBlock(_ResidualBlock):
         if fused is None:
             return self.forward_eager(x)
         plan, (bn1, bn2), se = fused
+        out = fused_block_forward(self, x, ("conv1", "conv2"), (bn1,), bn2, se)  # the Triton conv chain, if chosen
+        if out is not None:
+            return out
         if recompute_conv_inputs() and plan.last_conv_fusable:
             return residual_tail(bn_relu_conv(self.conv1(x), bn1, self.conv2), bn2, x, self.downsample, se,
                                  plan.downsample)
@@ -245,6 +249,9 @@ class Bottleneck(_ResidualBlock):
         if fused is None:
             return self.forward_eager(x)
         plan, (bn1, bn2, bn3), se = fused
+        out = fused_block_forward(self, x, ("conv1", "conv2", "conv3"), (bn1, bn2), bn3, se)  # Triton conv chain
+        if out is not None:
+            return out
         if recompute_conv_inputs() and plan.last_conv_fusable:
             # Autograd keeps x and the three raw convolution outputs; relu(bn(.)) is recomputed.
             out = bn_relu_conv(self.conv1(x), bn1, self.conv2)

@@ -9,6 +9,7 @@ from .bn_add_relu import bn_add_relu
 from .bn_relu import bn_relu
 from .bn_relu_conv import bn_relu_conv
 from .conv_bn_relu import conv_bn_relu
+from .fused_conv_chain import fused_conv_chain
 from .squeeze_excite import squeeze_excite
 
-__all__ = ["conv_bn_relu", "bn_relu_conv", "bn_add_relu", "squeeze_excite", "bn_relu"]
+__all__ = ["conv_bn_relu", "bn_relu_conv", "bn_add_relu", "squeeze_excite", "bn_relu", "fused_conv_chain"]

@@ -5,7 +5,8 @@ library loads; the library (csrc/) only registers CPU and, when built with CUDA,
 kernels for them (TORCH_LIBRARY_IMPL). Missing kernels are filled with the torch
 reference implementation: the CPU and CUDA keys when the library did not load, the CUDA
 key when it was built without CUDA. Fake implementations let torch.compile and opcheck
-trace them.
+trace them. The fused-convolution primitives (``primitives.CONV_SCHEMAS``) are defined here
+too, with the reference as their CPU and CUDA kernels.
 """
 from __future__ import annotations
 
@@ -54,6 +55,33 @@ def _fake_bn_backward_finalize(sum_dz, sum_dz_y, invstd, weight, count, n, use_b
             invstd.new_empty((c,)))
 
 
+def _channels_last_empty(like, shape, dtype=None):
+    return like.new_empty(shape, dtype=dtype or like.dtype).contiguous(memory_format=torch.channels_last)
+
+
+def _conv_out(size, k, stride, padding):
+    return (size + 2 * padding - k) // stride + 1
+
+
+def _fake_conv_forward(x, weight, stride, padding, scale, shift):
+    n, _, h, w = x.shape
+    c_out, _, kh, kw = weight.shape
+    y = _channels_last_empty(x, (n, c_out, _conv_out(h, kh, stride, padding), _conv_out(w, kw, stride, padding)))
+    return y, x.new_empty((c_out,), dtype=torch.float32), x.new_empty((c_out,), dtype=torch.float32)
+
+
+def _fake_conv_dgrad(dz, weight, height, width, stride, padding, y, coef_a, coef_b, coef_c, x_prev, scale_prev,
+                     shift_prev, mean_prev):
+    c_in = weight.shape[1]
+    sums = (c_in,) if x_prev is not None else (0,)
+    return (_channels_last_empty(dz, (dz.shape[0], c_in, height, width)),
+            dz.new_empty(sums, dtype=torch.float32), dz.new_empty(sums, dtype=torch.float32))
+
+
+def _fake_conv_wgrad(x, dz, weight_shape, stride, padding, scale, shift, y, coef_a, coef_b, coef_c):
+    return _channels_last_empty(x, tuple(weight_shape))
+
+
 _FAKES = {
     "bn_stats": _fake_bn_stats,
     "scale_shift_act": _fake_scale_shift_act,
@@ -61,6 +89,9 @@ _FAKES = {
     "scale_shift_act_backward_apply": _fake_backward_apply,
     "bn_finalize": _fake_bn_finalize,
     "bn_backward_finalize": _fake_bn_backward_finalize,
+    "conv_forward": _fake_conv_forward,
+    "conv_dgrad": _fake_conv_dgrad,
+    "conv_wgrad": _fake_conv_wgrad,
 }
 
 
@@ -68,11 +99,13 @@ def register_primitives() -> None:
     """Schemas first (the compiled library only implements them), then the library, then the
     reference for each dispatch key the library left without a kernel, then the fakes."""
     lib = torch.library.Library("resnet_fast", "DEF")
-    for name, schema in primitives.SCHEMAS.items():
+    for name, schema in {**primitives.SCHEMAS, **primitives.CONV_SCHEMAS}.items():
         lib.define(name + schema)
     _libraries.append(lib)
     _extension.load()  # registers its CPU (and CUDA) kernels, if it loads
-    for name, fn in primitives.PRIMITIVES.items():
+    # The convolution primitives have no C++ kernel: their CPU/CUDA kernels are the reference (the
+    # Triton launchers run through the conv table, not through these op names).
+    for name, fn in {**primitives.PRIMITIVES, **primitives.CONV_PRIMITIVES}.items():
         for key in ("CPU", "CUDA"):
             if not torch._C._dispatch_has_kernel_for_dispatch_key(f"resnet_fast::{name}", key):
                 lib.impl(name, fn, key)

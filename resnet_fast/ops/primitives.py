@@ -254,3 +254,96 @@ SCHEMAS = {
         "-> (Tensor grad_weight, Tensor grad_bias, Tensor k_g, Tensor k_0, Tensor k_y)"
     ),
 }
+
+
+# ----------------------------------------------------------------------------- fused convolutions
+# The convolution primitives of a block's conv chain (conv -> BN+ReLU -> conv ...; design:
+# kernels/triton/conv/NOTES.md). Activations are channels_last float16/bfloat16/float32, per-channel
+# coefficients float32; an absent optional output is an empty (0,) tensor. The Triton launchers
+# (kernels/triton/conv) implement them; these plain-torch versions are the specification, the
+# "reference" of the conv table, and what torch.compile traces where the Triton kernels are interpreted.
+# Rounding as the kernels: a prologue's operand (relu(x * scale + shift), or A * dz + B * y + C) is
+# rounded to the activation dtype before the product, as a materialized tensor would be; the products
+# accumulate in float32; statistics and sums are taken of the stored, rounded outputs.
+def _conv_prologue(t: Tensor, scale: Optional[Tensor], shift: Optional[Tensor]) -> Tensor:
+    """relu(t * scale + shift) rounded to t's dtype, or t; in float32 for the product."""
+    if scale is None:
+        return t.float()
+    return torch.relu(t.float() * _c(scale) + _c(shift)).to(t.dtype).float()
+
+
+def _bn_grad_prologue(dz: Tensor, y: Optional[Tensor], coef_a: Optional[Tensor], coef_b: Optional[Tensor],
+                      coef_c: Optional[Tensor]) -> Tensor:
+    """A * dz + B * y + C rounded to dz's dtype (the consumer BN's input gradient), or dz; in float32."""
+    if y is None:
+        return dz.float()
+    return (_c(coef_a) * dz.float() + _c(coef_b) * y.float() + _c(coef_c)).to(dz.dtype).float()
+
+
+def _channels_last(t: Tensor, dtype: torch.dtype) -> Tensor:
+    return t.to(dtype).contiguous(memory_format=torch.channels_last)
+
+
+def conv_forward(x: Tensor, weight: Tensor, stride: int, padding: int, scale: Optional[Tensor],
+                 shift: Optional[Tensor]) -> tuple[Tensor, Tensor, Tensor]:
+    """(y, mean, var): y = conv2d(a, weight) with a = relu(x * scale + shift) (the producer BN + ReLU;
+    zero padding applies to a) or x; mean and biased var (C_out,) of the stored y over (N, OH, OW)."""
+    y = torch.nn.functional.conv2d(_conv_prologue(x, scale, shift), weight.float(), None, stride, padding)
+    y = _channels_last(y, x.dtype)
+    var, mean = torch.var_mean(y.float(), dim=(0, 2, 3), correction=0)
+    return y, mean, var
+
+
+def conv_dgrad(dz: Tensor, weight: Tensor, height: int, width: int, stride: int, padding: int, y: Optional[Tensor],
+               coef_a: Optional[Tensor], coef_b: Optional[Tensor], coef_c: Optional[Tensor],
+               x_prev: Optional[Tensor], scale_prev: Optional[Tensor], shift_prev: Optional[Tensor],
+               mean_prev: Optional[Tensor]) -> tuple[Tensor, Tensor, Tensor]:
+    """(g, sum_g, sum_gx): da = the gradient at the convolution's (height, width) input a from
+    dy = A * dz + B * y + C (with y and the coefficients) or dz; with the producer (x_prev, its BN's
+    scale_prev, shift_prev, mean_prev) g = da * (x_prev * scale_prev + shift_prev > 0) and the sums
+    sum g, sum g * (x_prev - mean_prev) over (N, H, W); else g = da and empty sums."""
+    dy = _bn_grad_prologue(dz, y, coef_a, coef_b, coef_c)
+    shape = (dz.shape[0], weight.shape[1], height, width)
+    da = torch.nn.grad.conv2d_input(shape, weight.float(), dy, stride, padding)
+    if x_prev is None:
+        # (two empty tensors: outputs must not alias)
+        return _channels_last(da, dz.dtype), dz.new_empty((0,), dtype=torch.float32), dz.new_empty(
+            (0,), dtype=torch.float32)
+    xp = x_prev.float()
+    g = _channels_last(torch.where(xp * _c(scale_prev) + _c(shift_prev) > 0, da, 0.0), dz.dtype)
+    gf = g.float()
+    return g, gf.sum((0, 2, 3)), (gf * (xp - _c(mean_prev))).sum((0, 2, 3))
+
+
+def conv_wgrad(x: Tensor, dz: Tensor, weight_shape: list[int], stride: int, padding: int, scale: Optional[Tensor],
+               shift: Optional[Tensor], y: Optional[Tensor], coef_a: Optional[Tensor], coef_b: Optional[Tensor],
+               coef_c: Optional[Tensor]) -> Tensor:
+    """dW (weight_shape, x's dtype, channels_last) of conv2d(a, W): a = relu(x * scale + shift) or x,
+    the output gradient dy = A * dz + B * y + C or dz, as in conv_forward / conv_dgrad."""
+    dy = _bn_grad_prologue(dz, y, coef_a, coef_b, coef_c)
+    dw = torch.nn.grad.conv2d_weight(_conv_prologue(x, scale, shift), list(weight_shape), dy, stride, padding)
+    return _channels_last(dw, x.dtype)
+
+
+CONV_PRIMITIVES = {
+    "conv_forward": conv_forward,
+    "conv_dgrad": conv_dgrad,
+    "conv_wgrad": conv_wgrad,
+}
+
+# Python-only (no C++ kernel: the Triton launchers implement them, called through the conv table).
+CONV_SCHEMAS = {
+    "conv_forward": (
+        "(Tensor x, Tensor weight, int stride, int padding, Tensor? scale, Tensor? shift) "
+        "-> (Tensor y, Tensor mean, Tensor var)"
+    ),
+    "conv_dgrad": (
+        "(Tensor dz, Tensor weight, int height, int width, int stride, int padding, Tensor? y, Tensor? coef_a, "
+        "Tensor? coef_b, Tensor? coef_c, Tensor? x_prev, Tensor? scale_prev, Tensor? shift_prev, "
+        "Tensor? mean_prev) -> (Tensor grad, Tensor sum_g, Tensor sum_gx)"
+    ),
+    "conv_wgrad": (
+        "(Tensor x, Tensor dz, int[] weight_shape, int stride, int padding, Tensor? scale, Tensor? shift, "
+        "Tensor? y, Tensor? coef_a, Tensor? coef_b, Tensor? coef_c) -> Tensor"
+    ),
+}

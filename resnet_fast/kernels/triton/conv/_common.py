@@ -144,83 +144,91 @@ def mma(a, b, acc, DOT_FP32: tl.constexpr, INPUT_PRECISION: tl.constexpr):
 
 
 # ----------------------------------------------------------------------------- checks
+def require(condition, message) -> None:
+    """Raise RuntimeError(message()) unless ``condition``. Not torch._check: Dynamo cannot trace its
+    message closures when they capture tensors (the launchers run under torch.compile on a GPU), while a
+    plain ``if`` on shapes, dtypes and layouts is decided (and guarded) at trace time."""
+    if not condition:
+        raise RuntimeError(message())
+
+
 def _pair(op: str, name: str, v: Union[int, Sequence[int]]) -> int:
     if isinstance(v, int):
         return v
     v = tuple(v)
-    torch._check(len(v) == 2 and v[0] == v[1],
-                 lambda: f"{op}: {name} must be an int or an equal pair, got {v}")
+    require(len(v) == 2 and v[0] == v[1],
+            lambda: f"{op}: {name} must be an int or an equal pair, got {v}")
     return int(v[0])
 
 
 def check_activation(op: str, name: str, t: Tensor, channels: Optional[int] = None,
                      like: Optional[Tensor] = None) -> None:
     """A 4-D channels_last activation of a supported dtype on a usable device, int32-indexable."""
-    torch._check(isinstance(t, torch.Tensor), lambda: f"{op}: {name} must be a tensor, got {type(t).__name__}")
-    torch._check(t.dim() == 4, lambda: f"{op}: expected {name} to be 4-D (N, C, H, W), got shape {tuple(t.shape)}")
-    torch._check(t.dtype in SUPPORTED_DTYPES,
-                 lambda: f"{op}: {name} must be float16, bfloat16 or float32, got {t.dtype}")
-    torch._check(t.is_cuda or (INTERPRETED and t.device.type == "cpu"),
-                 lambda: f"{op}: {name} is on {t.device}; the Triton kernels need CUDA tensors "
-                         "(CPU tensors only under TRITON_INTERPRET=1)")
-    torch._check(t.is_contiguous(memory_format=torch.channels_last),
-                 lambda: f"{op}: {name} must be channels_last-contiguous (N, H, W, C in memory), got strides "
-                         f"{t.stride()} for shape {tuple(t.shape)}")
-    torch._check(t.numel() < _INT32_LIMIT, lambda: f"{op}: {name} has {t.numel()} elements, over the int32 limit")
+    require(isinstance(t, torch.Tensor), lambda: f"{op}: {name} must be a tensor, got {type(t).__name__}")
+    require(t.dim() == 4, lambda: f"{op}: expected {name} to be 4-D (N, C, H, W), got shape {tuple(t.shape)}")
+    require(t.dtype in SUPPORTED_DTYPES,
+            lambda: f"{op}: {name} must be float16, bfloat16 or float32, got {t.dtype}")
+    require(t.is_cuda or (INTERPRETED and t.device.type == "cpu"),
+            lambda: f"{op}: {name} is on {t.device}; the Triton kernels need CUDA tensors "
+                    "(CPU tensors only under TRITON_INTERPRET=1)")
+    require(t.is_contiguous(memory_format=torch.channels_last),
+            lambda: f"{op}: {name} must be channels_last-contiguous (N, H, W, C in memory), got strides "
+                    f"{t.stride()} for shape {tuple(t.shape)}")
+    require(t.numel() < _INT32_LIMIT, lambda: f"{op}: {name} has {t.numel()} elements, over the int32 limit")
     if channels is not None:
-        torch._check(t.shape[1] == channels,
-                     lambda: f"{op}: {name} has {t.shape[1]} channels, expected {channels}")
+        require(t.shape[1] == channels,
+                lambda: f"{op}: {name} has {t.shape[1]} channels, expected {channels}")
     if like is not None:
-        torch._check(t.dtype == like.dtype, lambda: f"{op}: {name} has dtype {t.dtype}, expected {like.dtype}")
-        torch._check(t.device == like.device, lambda: f"{op}: {name} is on {t.device}, expected {like.device}")
+        require(t.dtype == like.dtype, lambda: f"{op}: {name} has dtype {t.dtype}, expected {like.dtype}")
+        require(t.device == like.device, lambda: f"{op}: {name} is on {t.device}, expected {like.device}")
 
 
 def check_shape(op: str, name: str, t: Tensor, shape: tuple[int, ...]) -> None:
-    torch._check(tuple(t.shape) == tuple(shape),
-                 lambda: f"{op}: {name} has shape {tuple(t.shape)}, expected {tuple(shape)}")
+    require(tuple(t.shape) == tuple(shape),
+            lambda: f"{op}: {name} has shape {tuple(t.shape)}, expected {tuple(shape)}")
 
 
 def check_vector(op: str, name: str, t: Optional[Tensor], length: int, device: torch.device) -> Optional[Tensor]:
     """A per-channel fp32 coefficient of shape (length,), contiguous (no copy when it already is)."""
     if t is None:
         return None
-    torch._check(isinstance(t, torch.Tensor), lambda: f"{op}: {name} must be a tensor, got {type(t).__name__}")
-    torch._check(tuple(t.shape) == (length,), lambda: f"{op}: {name} must have shape ({length},), got {tuple(t.shape)}")
-    torch._check(t.dtype == torch.float32, lambda: f"{op}: {name} must be float32, got {t.dtype}")
-    torch._check(t.device == device, lambda: f"{op}: {name} is on {t.device}, expected {device}")
+    require(isinstance(t, torch.Tensor), lambda: f"{op}: {name} must be a tensor, got {type(t).__name__}")
+    require(tuple(t.shape) == (length,), lambda: f"{op}: {name} must have shape ({length},), got {tuple(t.shape)}")
+    require(t.dtype == torch.float32, lambda: f"{op}: {name} must be float32, got {t.dtype}")
+    require(t.device == device, lambda: f"{op}: {name} is on {t.device}, expected {device}")
     return t.contiguous()
 
 
 def check_weight(op: str, weight: Tensor, like: Tensor) -> None:
     """A 4-D (C_out, C_in, KH, KW) weight of the activation's dtype and device."""
-    torch._check(isinstance(weight, torch.Tensor), lambda: f"{op}: weight must be a tensor")
-    torch._check(weight.dim() == 4,
-                 lambda: f"{op}: expected weight to be 4-D (C_out, C_in, KH, KW), got shape {tuple(weight.shape)}")
-    torch._check(weight.dtype == like.dtype, lambda: f"{op}: weight has dtype {weight.dtype}, expected {like.dtype}")
-    torch._check(weight.device == like.device, lambda: f"{op}: weight is on {weight.device}, expected {like.device}")
+    require(isinstance(weight, torch.Tensor), lambda: f"{op}: weight must be a tensor")
+    require(weight.dim() == 4,
+            lambda: f"{op}: expected weight to be 4-D (C_out, C_in, KH, KW), got shape {tuple(weight.shape)}")
+    require(weight.dtype == like.dtype, lambda: f"{op}: weight has dtype {weight.dtype}, expected {like.dtype}")
+    require(weight.device == like.device, lambda: f"{op}: weight is on {weight.device}, expected {like.device}")
 
 
 def check_geometry(op: str, x_shape: Sequence[int], weight_shape: Sequence[int], stride, padding) -> Geometry:
     """The convolution's geometry after checking the kernel size, stride, padding and groups."""
-    torch._check(len(tuple(weight_shape)) == 4,
-                 lambda: f"{op}: the weight's shape must be (C_out, C_in, KH, KW), got {tuple(weight_shape)}")
+    require(len(tuple(weight_shape)) == 4,
+            lambda: f"{op}: the weight's shape must be (C_out, C_in, KH, KW), got {tuple(weight_shape)}")
     n, c_in, h, w = x_shape
     c_out, w_in, kh, kw = (int(v) for v in weight_shape)
-    torch._check(w_in == c_in,
-                 lambda: f"{op}: weight has {w_in} input channels, the activation {c_in}"
-                         + (f" (grouped convolution, groups = {c_in // w_in}, is not supported: groups must be 1)"
-                            if w_in and c_in % w_in == 0 else ""))
-    torch._check((kh, kw) in ((1, 1), (3, 3)), lambda: f"{op}: weight's kernel size {kh}x{kw} is not supported "
-                                                       "(1x1 or 3x3)")
+    require(w_in == c_in,
+            lambda: f"{op}: weight has {w_in} input channels, the activation {c_in}"
+                    + (f" (grouped convolution, groups = {c_in // w_in}, is not supported: groups must be 1)"
+                       if w_in and c_in % w_in == 0 else ""))
+    require((kh, kw) in ((1, 1), (3, 3)), lambda: f"{op}: weight's kernel size {kh}x{kw} is not supported "
+                                                  "(1x1 or 3x3)")
     stride = _pair(op, "stride", stride)
     padding = _pair(op, "padding", padding)
-    torch._check(stride in (1, 2), lambda: f"{op}: stride {stride} is not supported (1 or 2)")
-    torch._check(padding == (kh - 1) // 2,
-                 lambda: f"{op}: padding {padding} is not supported for a {kh}x{kw} kernel (only {(kh - 1) // 2})")
+    require(stride in (1, 2), lambda: f"{op}: stride {stride} is not supported (1 or 2)")
+    require(padding == (kh - 1) // 2,
+            lambda: f"{op}: padding {padding} is not supported for a {kh}x{kw} kernel (only {(kh - 1) // 2})")
     geom = Geometry(n=n, c_in=c_in, h=h, w=w, c_out=c_out, kh=kh, kw=kw, stride=stride, pad=padding)
-    torch._check(geom.oh > 0 and geom.ow > 0, lambda: f"{op}: input {h}x{w} is too small for the kernel")
-    torch._check(n * max(c_out, c_in) * max(h * w, geom.oh * geom.ow) < _INT32_LIMIT,
-                 lambda: f"{op}: activation of shape {tuple(x_shape)} is over the int32 indexing limit")
+    require(geom.oh > 0 and geom.ow > 0, lambda: f"{op}: input {h}x{w} is too small for the kernel")
+    require(n * max(c_out, c_in) * max(h * w, geom.oh * geom.ow) < _INT32_LIMIT,
+            lambda: f"{op}: activation of shape {tuple(x_shape)} is over the int32 indexing limit")
     return geom
 
 

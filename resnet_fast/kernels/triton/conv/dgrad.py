@@ -14,7 +14,7 @@ import triton.language as tl
 
 from .._common import Tensor, launch
 from ._common import (block_config, channels_last_out, check_activation, check_geometry, check_shape, check_vector,
-                      check_weight, dot_in_fp32, input_precision, mma, weight_krsc)
+                      check_weight, dot_in_fp32, input_precision, mma, require, weight_krsc)
 from .partials import merge_sum_partials
 
 # Backward math.
@@ -158,14 +158,14 @@ def conv_dgrad(dz: Tensor, weight: Tensor, input_size: tuple[int, int], stride=1
     """
     op = "conv_dgrad"
     check_activation(op, "dz", dz)
-    torch._check(len(tuple(input_size)) == 2, lambda: f"{op}: input_size must be (H, W), got {input_size}")
+    require(len(tuple(input_size)) == 2, lambda: f"{op}: input_size must be (H, W), got {input_size}")
     h, w = (int(v) for v in input_size)
     check_weight(op, weight, dz)
     geom = check_geometry(op, (dz.shape[0], weight.shape[1], h, w), weight.shape, stride, padding)
     check_shape(op, "dz", dz, (geom.n, geom.c_out, geom.oh, geom.ow))
     bn_args = (y, coef_a, coef_b, coef_c)
-    torch._check(all(t is None for t in bn_args) or all(t is not None for t in bn_args),
-                 lambda: f"{op}: give all of y, coef_a, coef_b, coef_c (the consumer BN's backward), or none")
+    require(all(t is None for t in bn_args) or all(t is not None for t in bn_args),
+            lambda: f"{op}: give all of y, coef_a, coef_b, coef_c (the consumer BN's backward), or none")
     bn_prologue = y is not None
     if bn_prologue:
         check_activation(op, "y", y, like=dz)
@@ -173,8 +173,8 @@ def conv_dgrad(dz: Tensor, weight: Tensor, input_size: tuple[int, int], stride=1
     coefs = [check_vector(op, name, t, geom.c_out, dz.device)
              for name, t in (("coef_a", coef_a), ("coef_b", coef_b), ("coef_c", coef_c))]
     prev_args = (x_prev, scale_prev, shift_prev, mean_prev)
-    torch._check(all(t is None for t in prev_args) or all(t is not None for t in prev_args),
-                 lambda: f"{op}: give all of x_prev, scale_prev, shift_prev, mean_prev (the producer), or none")
+    require(all(t is None for t in prev_args) or all(t is not None for t in prev_args),
+            lambda: f"{op}: give all of x_prev, scale_prev, shift_prev, mean_prev (the producer), or none")
     producer = x_prev is not None
     if producer:
         check_activation(op, "x_prev", x_prev, like=dz)

@@ -24,7 +24,7 @@ import triton.language as tl
 
 from .._common import Tensor, launch
 from ._common import (block_config, channels_last_out, check_activation, check_geometry, check_vector, check_weight,
-                      dot_in_fp32, input_precision, mma, weight_krsc)
+                      dot_in_fp32, input_precision, mma, require, weight_krsc)
 from .partials import merge_welford_partials
 
 
@@ -116,7 +116,7 @@ def conv_forward(x: Tensor, weight: Tensor, stride=1, padding=0, scale: Optional
     check_activation(op, "x", x)
     check_weight(op, weight, x)
     geom = check_geometry(op, x.shape, weight.shape, stride, padding)
-    torch._check((scale is None) == (shift is None), lambda: f"{op}: give both scale and shift, or neither")
+    require((scale is None) == (shift is None), lambda: f"{op}: give both scale and shift, or neither")
     scale = check_vector(op, "scale", scale, geom.c_in, x.device)
     shift = check_vector(op, "shift", shift, geom.c_in, x.device)
     prologue = scale is not None

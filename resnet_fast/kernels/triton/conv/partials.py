@@ -20,7 +20,7 @@ import triton
 import triton.language as tl
 
 from .._common import Tensor, launch
-from ._common import merge_blocks
+from ._common import merge_blocks, require
 
 
 @triton.jit
@@ -64,8 +64,8 @@ def _welford_merge_kernel(
 def merge_welford_partials(part_mean: Tensor, part_m2: Tensor, rows: int, tile_rows: int) -> tuple[Tensor, Tensor]:
     """(mean, biased var), each (C,) fp32, of ``rows`` values per channel given per-tile (mean, M2) of (T, C)."""
     t, c = part_mean.shape
-    torch._check(t == triton.cdiv(rows, tile_rows),
-                 lambda: f"merge_welford_partials: {t} tiles for {rows} rows of {tile_rows}")
+    require(t == triton.cdiv(rows, tile_rows),
+            lambda: f"merge_welford_partials: {t} tiles for {rows} rows of {tile_rows}")
     mean = part_mean.new_empty((c,))
     var = part_mean.new_empty((c,))
     block_t, block_c = merge_blocks()

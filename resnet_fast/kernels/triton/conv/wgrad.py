@@ -14,7 +14,7 @@ import triton.language as tl
 
 from .._common import INTERPRETED, Tensor, launch
 from ._common import (block_config, check_activation, check_geometry, check_shape, check_vector, dot_in_fp32,
-                      input_precision, mma, wgrad_splits)
+                      input_precision, mma, require, wgrad_splits)
 
 # Backward math.
 #
@@ -144,20 +144,20 @@ def conv_wgrad(x: Tensor, dz: Tensor, weight_shape: tuple[int, int, int, int], s
     check_activation(op, "dz", dz, like=x)
     geom = check_geometry(op, x.shape, weight_shape, stride, padding)
     check_shape(op, "dz", dz, (geom.n, geom.c_out, geom.oh, geom.ow))
-    torch._check((scale is None) == (shift is None), lambda: f"{op}: give both scale and shift, or neither")
+    require((scale is None) == (shift is None), lambda: f"{op}: give both scale and shift, or neither")
     scale = check_vector(op, "scale", scale, geom.c_in, x.device)
     shift = check_vector(op, "shift", shift, geom.c_in, x.device)
     bn_args = (y, coef_a, coef_b, coef_c)
-    torch._check(all(t is None for t in bn_args) or all(t is not None for t in bn_args),
-                 lambda: f"{op}: give all of y, coef_a, coef_b, coef_c (the consumer BN's backward), or none")
+    require(all(t is None for t in bn_args) or all(t is not None for t in bn_args),
+            lambda: f"{op}: give all of y, coef_a, coef_b, coef_c (the consumer BN's backward), or none")
     if y is not None:
         check_activation(op, "y", y, like=x)
         check_shape(op, "y", y, dz.shape)
     coefs = [check_vector(op, name, t, geom.c_out, x.device)
              for name, t in (("coef_a", coef_a), ("coef_b", coef_b), ("coef_c", coef_c))]
     out_dtype = out_dtype or x.dtype
-    torch._check(out_dtype in (torch.float16, torch.bfloat16, torch.float32),
-                 lambda: f"{op}: out_dtype must be float16, bfloat16 or float32, got {out_dtype}")
+    require(out_dtype in (torch.float16, torch.bfloat16, torch.float32),
+            lambda: f"{op}: out_dtype must be float16, bfloat16 or float32, got {out_dtype}")
     prologue, bn_prologue = scale is not None, y is not None
 
     blocks = block_config("wgrad", geom.c_in, geom.c_out, x.dtype, geom.kh * geom.kw)
