@@ -111,3 +111,26 @@ def test_counts_reach_the_primitives():
     with selected_backend("cpu"):
         mode = count(_cases()["bn_relu"][0])
     assert set(mode.primitives) == _PRIMITIVES
+
+
+def test_bn_add_relu_takes_the_producers_statistics():
+    """``batch_stats`` (what the fused convolution chain's epilogue computes) replaces the op's pass over y
+    for them: no bn_stats call, the same output, gradients and running statistics as without."""
+    y = torch.randn(4, 16, 7, 7, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
+    identity, grad_out = torch.randn_like(y), torch.randn_like(y)
+    var, mean = torch.var_mean(y, dim=(0, 2, 3), correction=0)
+    results = []
+    for stats in (None, (mean, var)):
+        (w, b, rm, rv), nbt = _bn(16, 0)
+        w, b, rm, rv = (t.double() for t in (w, b, rm, rv))
+        inputs = (_leaf(y), _leaf(w), _leaf(b), _leaf(identity))
+        with selected_backend("cpu"), CountLaunches() as mode:
+            out = ops.bn_add_relu(*inputs[:3], rm, rv, inputs[3], training=True, num_batches_tracked=nbt,
+                                  batch_stats=stats)
+            grads = torch.autograd.grad(out, inputs, grad_out)
+        assert mode.primitives["bn_stats"] == (1 if stats is None else 0)
+        results.append((out, *grads, rm, rv, nbt))
+    for without, with_stats in zip(*results):
+        torch.testing.assert_close(with_stats, without)
+    with pytest.raises(RuntimeError, match="batch_stats mean must be"):
+        ops.bn_add_relu(y, None, None, None, None, identity, training=True, batch_stats=(mean.float(), var.float()))

@@ -112,6 +112,9 @@ def fused_block_forward(block: nn.Module, x: Tensor, conv_names: Sequence[str], 
           or not conv_backend.table_chooses_triton(x.device, autocast_dtype(x) or x.dtype, _layers(x, convs))):
         return None
     x_in = x if channels_last else x.contiguous(memory_format=torch.channels_last)
-    y = ops.fused_conv_chain(x_in, [c.weight for c in convs], [c.stride[0] for c in convs],
-                             [c.padding[0] for c in convs], [_bn_dict(bn) for bn in chain_norms])
-    return residual_tail(y, tail_norm, x, block.downsample, se)
+    # The last convolution's epilogue computed y's statistics: the tail takes them instead of a pass over y
+    # (without SE, whose squeeze needs per-sample means).
+    y, mean, var = ops.fused_conv_chain(x_in, [c.weight for c in convs], [c.stride[0] for c in convs],
+                                        [c.padding[0] for c in convs], [_bn_dict(bn) for bn in chain_norms],
+                                        return_stats=True)
+    return residual_tail(y, tail_norm, x, block.downsample, se, batch_stats=(mean, var))

@@ -275,7 +275,7 @@ def identity_branch(x: Tensor, downsample: Optional[nn.Module], recompute: bool 
 
 
 def residual_tail(y: Tensor, bn: NormArgs, x: Tensor, downsample: Optional[nn.Module], se: tuple = (),
-                  plan: Optional[DownsamplePlan] = None) -> Tensor:
+                  plan: Optional[DownsamplePlan] = None, batch_stats: Optional[tuple] = None) -> Tensor:
     """relu(bn(y) [* SE gate] + identity), identity = x or downsample(x), through one fused op.
 
     ``se``: (fc1.weight, fc1.bias, fc2.weight, fc2.bias) of the SE module, or () without SE.
@@ -283,7 +283,8 @@ def residual_tail(y: Tensor, bn: NormArgs, x: Tensor, downsample: Optional[nn.Mo
     A ``Sequential(conv, bn)`` downsample runs as a plain conv whose BatchNorm is applied
     inside the tail op (``identity_bn``) when it shares the tail BN's training flag,
     momentum, eps and process group (always, in the models built here); otherwise as a
-    separate conv_bn (no ReLU), or, for any other module, by calling it.
+    separate conv_bn (no ReLU), or, for any other module, by calling it. ``batch_stats``: y's
+    (mean, biased variance) from its producer (the fused convolution chain), used without SE.
     """
     parts = downsample_parts(downsample, plan)
     if parts is not None and parts[1].shares_config(bn):
@@ -292,4 +293,4 @@ def residual_tail(y: Tensor, bn: NormArgs, x: Tensor, downsample: Optional[nn.Mo
         identity, identity_bn = identity_branch(x, downsample, plan=plan), None
     if se:
         return ops.squeeze_excite(y, *bn.tensors, *se, identity, identity_bn=identity_bn, **bn.kwargs)
-    return ops.bn_add_relu(y, *bn.tensors, identity, identity_bn=identity_bn, **bn.kwargs)
+    return ops.bn_add_relu(y, *bn.tensors, identity, identity_bn=identity_bn, batch_stats=batch_stats, **bn.kwargs)

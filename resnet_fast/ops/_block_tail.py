@@ -30,11 +30,11 @@ from ._function import FusedFunction
 Tensor = torch.Tensor
 
 def _compute(prims, y, weight, bias, running_mean, running_var, identity, id_weight, id_bias, id_running_mean,
-             id_running_var, se, config):
+             id_running_var, se, config, y_stats=None):
     identity_bn, use_batch_stats, eps, relu, group_name = config
     params = _bn.BNParams(weight, bias, running_mean, running_var)
     id_params = _bn.BNParams(id_weight, id_bias, id_running_mean, id_running_var) if identity_bn else None
-    r = _bn.bn_act_forward(prims, y, params, use_batch_stats, eps, relu, identity, id_params, se, group_name)
+    r = _bn.bn_act_forward(prims, y, params, use_batch_stats, eps, relu, identity, id_params, se, group_name, y_stats)
     norm, id_norm = r.norm, r.res_norm
     outputs = (r.out, norm.mean, norm.var_update, norm.invstd, norm.scale, norm.shift)
     if id_norm is not None:
@@ -110,19 +110,21 @@ def _needs(ctx) -> dict:
 
 class BnAddReluFunction(FusedFunction):
     """(y, weight, bias, running_mean, running_var, identity, id_weight, id_bias, id_running_mean,
-    id_running_var, config) -> the module docstring's outputs."""
+    id_running_var, y_mean, y_var, config) -> the module docstring's outputs; y_mean / y_var: y's batch
+    statistics from its producer (the fused convolution chain's epilogue), or None."""
 
     @staticmethod
     def compute(prims, y, weight, bias, running_mean, running_var, identity, id_weight, id_bias, id_running_mean,
-                id_running_var, config):
+                id_running_var, y_mean, y_var, config):
         return _compute(prims, y, weight, bias, running_mean, running_var, identity, id_weight, id_bias,
-                        id_running_mean, id_running_var, None, config)
+                        id_running_mean, id_running_var, None, config, None if y_mean is None else (y_mean, y_var))
 
     @staticmethod
     def forward(y, weight, bias, running_mean, running_var, identity, id_weight, id_bias, id_running_mean,
-                id_running_var, config):
-        return _compute(backend.primitives(y.device), y, weight, bias, running_mean, running_var, identity,
-                        id_weight, id_bias, id_running_mean, id_running_var, None, config)
+                id_running_var, y_mean, y_var, config):
+        return BnAddReluFunction.compute(backend.primitives(y.device), y, weight, bias, running_mean, running_var,
+                                         identity, id_weight, id_bias, id_running_mean, id_running_var, y_mean,
+                                         y_var, config)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
@@ -131,10 +133,10 @@ class BnAddReluFunction(FusedFunction):
     @staticmethod
     def backward(ctx, grad_out, *_):
         if grad_out is None:  # the output was not used
-            return (None,) * 11
+            return (None,) * 13
         r = _backward(ctx, grad_out, _needs(ctx))
         return (r.grad_y, r.grad_weight, r.grad_bias, None, None, r.grad_residual, r.grad_res_weight,
-                r.grad_res_bias, None, None, None)
+                r.grad_res_bias, None, None, None, None, None)
 
 
 class SqueezeExciteFunction(FusedFunction):

@@ -195,8 +195,11 @@ def _differentiable_backward(grad_y, x, weights, gammas, betas, means, invstds, 
 
 
 def fused_conv_chain(x: Tensor, weights: Sequence[Tensor], strides: Sequence[int], paddings: Sequence[int],
-                     bns: Sequence[dict]) -> Tensor:
+                     bns: Sequence[dict], return_stats: bool = False):
     """conv_L(relu(bn_{L-1}(... relu(bn_1(conv_1(x)))))) for L = 2 or 3 convolutions, the raw output of the last.
+
+    With ``return_stats``: (y, mean, biased variance) of that output per channel, as the last
+    convolution's epilogue computed them (float32), for its BatchNorm (``bn_add_relu(batch_stats=)``).
 
     ``weights``: (C_out, C_in, k, k) with k = 1 (padding 0) or 3 (padding 1), groups 1, dilation 1;
     ``strides`` 1 or 2 and ``paddings`` per convolution; ``bns``: L - 1 dicts with keys weight, bias,
@@ -265,4 +268,4 @@ def fused_conv_chain(x: Tensor, weights: Sequence[Tensor], strides: Sequence[int
         if bn["training"] and bn["running_mean"] is not None:
             _bn.update_running_stats(bn["running_mean"], bn["running_var"], bn.get("num_batches_tracked"),
                                      out["stats"][2 * i], out["stats"][2 * i + 1], bn["momentum"])
-    return out["y"]
+    return (out["y"], out["last_mean"], out["last_var"]) if return_stats else out["y"]
