@@ -1,16 +1,22 @@
 // Host check of the CUDA kernels' launch planning (csrc/cuda/launch_plan.h), compiled with
 // the system g++ by tests/test_launch_plan.py. It runs the very functions the kernels call
-// for their offsets (the reductions' nchw_unit/nchw_batches/nhwc_thread/nhwc_batches, the
-// elementwise grid-stride loop and position()) for every thread of every launch, over many
-// shapes, vector widths, both layouts, the unrolls of both reduction ops, SM counts 108 and
-// 132, and chunk limits that force several chunks, and checks:
+// for their offsets (the reductions' nchw_unit/nchw_batches/nhwc_thread/nhwc_batches and
+// nchw_first/nhwc_first, the elementwise grid-stride batches and position(), the stage-2
+// lanes, FastDiv) for every thread of every launch, over many shapes, the load widths the
+// plan picks at 16-byte, 8-byte and element-size alignment (and NHWC with misaligned
+// coefficients), both layouts, the unrolls of both reduction ops, elementwise batches of
+// 1/2/4 vectors, SM counts 108 and 132, and chunk limits that force several chunks, and checks:
 //   reductions   every element read exactly once, by a thread of its own (n, c) and segment;
 //                every partial (n, s, c) of the (N, S, C) workspace written exactly once;
 //                each partial's element count equal to segment_count(HW, L, s), the weight
 //                the bn_stats finalize gives it (the backward finalize sums all S);
-//   elementwise  every element processed exactly once; the coefficient indices that
-//                position() yields for each element of a vector (plane straddling in NCHW)
-//                equal the element's own (n, c) and c.
+//                the bn_stats shift read from the segment's first pack / row;
+//   elementwise  every element processed exactly once; a batch's vectors one grid stride
+//                apart; the coefficient indices that position() yields for each element of
+//                a vector (plane straddling in NCHW) equal the element's own (n, c) and c;
+//                16-byte vectors only where elementwise_vec allows them;
+//   stage 2      every (n, s) partial of a channel merged once, by a lane of sample n's group;
+//   FastDiv      quotient and remainder equal / and % (divisors 1..4096, near powers of two).
 // Exit status 0 when all hold; the first failure is printed.
 #include "launch_plan.h"
 
@@ -59,9 +65,11 @@ Coord coord_of(const ActivationInfo& info, int64_t i) {
 }
 
 // ----------------------------------------------------------------------------- reductions
-template <int V, int U, int RU>
+// PU, PRU: the unrolls the plan is computed with (backward_reduce plans with its run-time-flag
+// Op's rows per batch, 1, and runs the per-combination NHWC kernels with 1 or 2).
+template <int V, int U, int RU, int PU = U, int PRU = RU>
 void check_reduce(const ActivationInfo& info, int vec, int align, int coef_align, int sms, int64_t max_chunk) {
-  const ReducePlan plan = plan_reduce(info, vec, U, RU, align, coef_align, sms);
+  const ReducePlan plan = plan_reduce(info, vec, PU, PRU, align, coef_align, sms);
   CHECK(plan.V == V, "dispatch width");
   CHECK(V == 1 || (V * (16 / vec)) <= align, "loads no wider than the pointers' alignment");
   CHECK(V == 1 || (info.layout == Layout::NCHW ? info.HW : info.C) % V == 0, "runs a multiple of V");
@@ -223,7 +231,7 @@ void check_all_widths(const ActivationInfo& info, int vec, int align, int coef_a
   // the two reduction ops: bn_stats (kUnroll 4, kRowUnroll 4), backward reduce (2, 1 or 2)
   check_reduce<V, 4, 4>(info, vec, align, coef_align, sms, max_chunk);
   check_reduce<V, 2, 1>(info, vec, align, coef_align, sms, max_chunk);
-  check_reduce<V, 2, 2>(info, vec, align, coef_align, sms, max_chunk);
+  check_reduce<V, 2, 2, 2, 1>(info, vec, align, coef_align, sms, max_chunk);
 }
 
 // The reductions at one alignment of the pointers: the plan picks V (16-byte, 8-byte or
