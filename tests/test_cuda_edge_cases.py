@@ -413,7 +413,8 @@ def test_non_default_stream(backend_name, fmt):
         with torch.cuda.stream(side):
             got = {name: getattr(prims, name)(*args[name]) for name in P.PRIMITIVES}
             side.synchronize()
-            assert not torch.cuda.default_stream().query(), "the default stream's sleep ended too early to tell"
+            assert not torch.cuda.default_stream().query(), (
+                "the default stream finished first: a primitive synchronized the device, or the sleep was too short")
             same = {name: all(torch.equal(a, b) for a, b in zip(
                 got[name] if isinstance(got[name], tuple) else [got[name]],
                 want[name] if isinstance(want[name], tuple) else [want[name]])) for name in P.PRIMITIVES}

@@ -85,6 +85,7 @@ struct Vectorized : Op {
 };
 
 // One batch of K vectors of W elements: all loads, then positions, arithmetic and stores.
+// (A functor, not a generic lambda in the kernel: CUDA 13.0's cicc crashed on the lambda.)
 template <class Op, Layout L>
 struct ElementwiseBatch {
   const Op& op;
