@@ -397,6 +397,7 @@ def test_nhwc_partial_last_channel_tile(backend_name, dtype, shape):
 
 
 # ----------------------------------------------------------------------------- streams and graphs
+@pytest.mark.gpu
 @pytest.mark.parametrize("backend_name", GPU_BACKENDS)
 @pytest.mark.parametrize("fmt", list(FORMATS))
 def test_non_default_stream(backend_name, fmt):
@@ -452,6 +453,7 @@ class _TinyNet(torch.nn.Module):
         return b.mean(dim=(1, 2, 3))
 
 
+@pytest.mark.gpu
 @pytest.mark.parametrize("backend_name", GPU_BACKENDS)
 @pytest.mark.parametrize("fmt", list(FORMATS))
 def test_cuda_graph_training_step(backend_name, fmt):
@@ -497,6 +499,7 @@ def test_cuda_graph_training_step(backend_name, fmt):
 
 
 # ----------------------------------------------------------------------------- past 2^31 elements
+@pytest.mark.gpu
 @pytest.mark.slow
 @pytest.mark.parametrize("backend_name", GPU_BACKENDS)
 def test_nhwc_past_2_31_elements(backend_name):
