@@ -3,7 +3,8 @@
 //
 // Stage 1 (reduce.cuh, BnStatsOp): shifted sums. Every thread reading a segment uses one
 //   shift K per channel, taken from the segment's first values (NCHW: the mean of its first
-//   pack of V values, loaded by every lane of the unit; NHWC: its first row), and adds
+//   pack of V values, loaded by every lane of the unit; NHWC: the mean of its first 4 rows),
+//   and adds
 //   d = y - K and d*d: per batch of U packs / rows into batch sums, then into the thread's
 //   sums. Lanes (xor shuffles) and rows (shared-memory tree) merge by plain addition, since
 //   they share K and the segment's count is known from the plan; one division per segment
@@ -81,10 +82,23 @@ struct BnStatsOp {
     load_acc<V>(y + first, x);
     return {pairwise_sum<V>(x) * (acc_t(1) / acc_t(V))};  // 1/V: a power of two, exact
   }
-  // K[j] = channel j's value in the segment's first row.
-  __device__ __forceinline__ RowContext row_context(int, int, int, uint32_t first) const {
+  // K[j] = the mean of channel j's values in the segment's first kShiftRows rows (a segment
+  // of fewer rows repeats its last): one row alone could be an outlier (an image corner),
+  // and M2's error grows with (mean - K)^2.
+  static constexpr int kShiftRows = 4;
+  __device__ __forceinline__ RowContext row_context(int, int, int, uint32_t first, uint32_t row_stride,
+                                                    int rows) const {
     RowContext ctx;
     load_acc<V>(y + first, ctx.K);
+#pragma unroll
+    for (int i = 1; i < kShiftRows; ++i) {
+      acc_t x[V];
+      load_acc<V>(y + first + static_cast<uint32_t>(i < rows ? i : rows - 1) * row_stride, x);
+#pragma unroll
+      for (int j = 0; j < V; ++j) ctx.K[j] += x[j];
+    }
+#pragma unroll
+    for (int j = 0; j < V; ++j) ctx.K[j] *= acc_t(1) / acc_t(kShiftRows);
     return ctx;
   }
 

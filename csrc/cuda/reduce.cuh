@@ -18,8 +18,9 @@
 //
 // An Op supplies the per-element work (see bn_stats.cu, scale_shift_act_backward_reduce.cu):
 //   kVec (V), kUnroll / kRowUnroll (U: packs / rows loaded before they are used), PlaneState,
-//   RowState, plane_context(n, c, nc, first), row_context(n, c0, nc0, first) (first: the
-//   chunk offset of the segment's first element / first row's channel vector),
+//   RowState, plane_context(n, c, nc, first), row_context(n, c0, nc0, first, row_stride, rows)
+//   (first: the chunk offset of the segment's first element / first row's channel vector;
+//   row_stride = C; rows: the segment's rows),
 //   accumulate_plane, accumulate_rows, combine, shfl_xor, store_plane(st, ctx, p, count),
 //   store_rows(st, ctx, p, count) (count: the segment's values per channel).
 #pragma once
@@ -101,7 +102,8 @@ __global__ void __launch_bounds__(kThreads, 2) _nhwc_reduce_kernel(const Op op, 
   typename Op::RowState st{};
   typename Op::RowContext ctx{};
   if (t.active) {
-    ctx = op.row_context(t.n, t.cv * V, t.n * g.C + t.cv * V, nhwc_first<V>(g, t));
+    ctx = op.row_context(t.n, t.cv * V, t.n * g.C + t.cv * V, nhwc_first<V>(g, t), static_cast<uint32_t>(g.C),
+                         static_cast<int>(segment_count(g.HW, g.L, t.s)));
     nhwc_batches<V, U>(g, t, [&](const uint32_t (&off)[U], int k) { op.accumulate_rows(st, ctx, off, k); });
   }
   st = tree_reduce_y(st, smem, t.tx, t.ty, t.TX, t.TY,

@@ -115,7 +115,7 @@ struct BackwardReduceOp {
     return k;
   }
   __device__ __forceinline__ Coefs<1> plane_context(int, int c, int nc, uint32_t) const { return context<1>(c, nc); }
-  __device__ __forceinline__ Coefs<V> row_context(int, int c0, int nc0, uint32_t) const {
+  __device__ __forceinline__ Coefs<V> row_context(int, int c0, int nc0, uint32_t, uint32_t, int) const {
     return context<V>(c0, nc0);
   }
 

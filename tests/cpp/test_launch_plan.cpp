@@ -132,9 +132,15 @@ void check_reduce(const ActivationInfo& info, int vec, int align, int coef_align
             const NhwcThread t = nhwc_thread(l.g, static_cast<int>(bx), static_cast<int>(by), tid);
             if (!t.active) continue;
             const int part = nhwc_partial(l.g, t, V);
-            {  // the shift's row: the segment's first row, the thread's channels
+            {  // the shift's rows: the segment's first 4 (its last repeated), the thread's channels
               const Coord at = coord_of(info, elem0 + nhwc_first<V>(l.g, t));
               CHECK(at.n == n0 + t.n && at.c == int64_t(t.cv) * V && at.hw == int64_t(t.s) * plan.L, "nhwc_first");
+              const int rows = static_cast<int>(segment_count(l.g.HW, l.g.L, t.s));
+              for (int i = 1; i < 4; ++i) {
+                const uint32_t off = nhwc_first<V>(l.g, t) + static_cast<uint32_t>(i < rows ? i : rows - 1) * l.g.C;
+                const Coord r = coord_of(info, elem0 + off);
+                CHECK(off < chunk_numel && r.n == at.n && r.c == at.c && r.hw / plan.L == t.s, "shift rows in the segment");
+              }
             }
             nhwc_batches<V, RU>(l.g, t, [&](const uint32_t (&off)[RU], int k) {
               CHECK(k >= 1 && k <= RU, "batch holds 1..U rows");
