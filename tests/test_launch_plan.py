@@ -1,10 +1,13 @@
 """The CUDA kernels' launch planning, checked on the CPU: tests/cpp/test_launch_plan.cpp compiled with the
 system C++ compiler against csrc/cuda/launch_plan.h, the header the .cu files take every offset from.
 
-It simulates every thread of every launch (reductions and elementwise passes, both layouts, vector widths
-8/4/2/1, both reduction ops' unrolls, 108 and 132 SMs, one and several chunks) and checks that each
-element is read once, each partial written once, and each partial's count is the finalize's
-segment_count; see the .cpp for the list. No GPU, CUDA toolkit or torch headers involved.
+It simulates every thread of every launch (reductions and elementwise passes, both layouts, load widths
+8/4/2/1 as the plan picks them for 16-byte, 8-byte and element-size alignment, the reduction ops' unrolls,
+elementwise batches of 1/2/4 vectors, 108 and 132 SMs, one and several chunks) and checks that each
+element is read once, each partial written once, each partial's count is the finalize's segment_count,
+and the bn_stats shift is read from the segment's first values; it also runs the stage-2 lanes per
+sample (every (n, s) partial merged once) and FastDiv against / and %. See the .cpp for the list. No
+GPU, CUDA toolkit or torch headers involved.
 """
 import os
 import shutil

@@ -272,6 +272,14 @@ ScaleShiftArgs<scalar_t> scale_shift_args(const at::Tensor& y, const at::Tensor&
 
 inline bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
 
+// The largest power of two <= 16 dividing every non-null pointer's address (16 when none).
+template <typename... Ptrs>
+int pointer_alignment(const Ptrs*... ptrs) {
+  uintptr_t bits = 16;
+  ((bits |= ptrs == nullptr ? 0 : reinterpret_cast<uintptr_t>(ptrs)), ...);
+  return static_cast<int>(bits & (~bits + 1));  // lowest set bit
+}
+
 template <typename... Ptrs>
 bool all_aligned16(const Ptrs*... ptrs) {
   return ((ptrs == nullptr || aligned16(ptrs)) && ...);
@@ -282,6 +290,24 @@ template <typename scalar_t, class F>
 void with_vec(bool vec, F&& f) {
   if (vec) {
     f(IntC<vec_width<scalar_t>()>{});
+  } else {
+    f(IntC<1>{});
+  }
+}
+
+// Runs f(IntC<V>{}) for a reduction's load width V (ReducePlan::V): the 16-byte width, its
+// half (8-byte loads), or 1.
+template <typename scalar_t, class F>
+void with_width(int V, F&& f) {
+  constexpr int kVec = vec_width<scalar_t>();
+  if (V == kVec) {
+    f(IntC<kVec>{});
+  } else if constexpr (kVec / 2 > 1) {
+    if (V == kVec / 2) {
+      f(IntC<kVec / 2>{});
+    } else {
+      f(IntC<1>{});
+    }
   } else {
     f(IntC<1>{});
   }

@@ -2,8 +2,11 @@
 // scale_shift_act_backward_apply, and the coefficient lookups of both layouts.
 //
 // A grid-stride loop over vectors of V elements (16 bytes when V == vec_width), the tail
-// (numel % V < V elements) done by the first threads with V = 1. For each vector it
-// computes a Pos: where its per-(n, c) and per-channel coefficients are.
+// (numel % V < V elements) done by the first threads with V = 1. A thread takes Op::kUnroll
+// vectors at a time and issues all their activation loads (Op::load) before it computes and
+// stores any (Op::finish): kUnroll loads per tensor in flight per thread, which the compiler
+// would not arrange itself (an output may alias an input as far as it knows). For each
+// vector it computes a Pos: where its per-(n, c) and per-channel coefficients are.
 //   NCHW (V > 1 needs HW >= V): the vector lies in plane nc0 except its elements
 //     j >= split, which lie in plane nc0 + 1 (HW % V != 0 only: 7x7, 14x14); the
 //     coefficients are two scalar loads per array, selected per element.
@@ -73,20 +76,35 @@ __device__ __forceinline__ void pre_activation_vec(const ScaleShiftArgs<scalar_t
   for (int j = 0; j < V; ++j) z[j] = pre_activation(y[j], sc[j], sh[j], r[j], rs[j], rb[j], a.mode);
 }
 
-// An elementwise op (its operands and apply<W, L>(i0, pos), which processes elements
-// [i0, i0 + W)) run with vectors of V elements.
+// An elementwise op (its operands, kUnroll, In<W> (a vector's loaded activations),
+// load<W>(i0) and finish<W, L>(i0, pos, in), which process elements [i0, i0 + W)) run with
+// vectors of V elements.
 template <class Op, int V>
 struct Vectorized : Op {
   static constexpr int kVec = V;
 };
 
+// One batch of K vectors of W elements: all loads, then positions, arithmetic and stores.
+// (A functor, not a generic lambda in the kernel: CUDA 13.0's cicc crashed on the lambda.)
+template <class Op, Layout L>
+struct ElementwiseBatch {
+  const Op& op;
+  const FlatGeom& g;
+  template <int K, int W>
+  __device__ __forceinline__ void operator()(const uint32_t (&i0)[Op::kUnroll], std::integral_constant<int, K>,
+                                             std::integral_constant<int, W>) const {
+    typename Op::template In<W> in[K];
+#pragma unroll
+    for (int j = 0; j < K; ++j) in[j] = op.template load<W>(i0[j]);
+#pragma unroll
+    for (int j = 0; j < K; ++j) op.template finish<W, L>(i0[j], position<W, L>(i0[j], g), in[j]);
+  }
+};
+
 template <class Op, Layout L>
 __global__ void __launch_bounds__(kThreads) _elementwise_kernel(const Op op, const FlatGeom g) {
-  elementwise_thread<Op::kVec>(g.numel, blockIdx.x * kThreads + threadIdx.x, gridDim.x * kThreads,
-                                [&](uint32_t i0, auto w) {
-                                  constexpr int W = decltype(w)::value;
-                                  op.template apply<W, L>(i0, position<W, L>(i0, g));
-                                });
+  elementwise_thread<Op::kVec, Op::kUnroll>(g.numel, blockIdx.x * kThreads + threadIdx.x, gridDim.x * kThreads,
+                                            ElementwiseBatch<Op, L>{op, g});
 }
 
 FlatGeom flat_geom(const ActivationInfo& info, int64_t n_chunk);
@@ -109,11 +127,12 @@ void launch_elementwise(const Op& op, bool vec, const ActivationInfo& info, int6
   });
 }
 
-// Whether the vectorized path applies to a chunk: the layout condition, and 16-byte
-// alignment of every activation pointer (and, in NHWC, of every coefficient pointer).
-template <typename scalar_t, typename... Ptrs>
-bool elementwise_vec_ok(const ActivationInfo& info, const Ptrs*... ptrs) {
-  return elementwise_vec_shape_ok(info, vec_width<scalar_t>()) && all_aligned16(ptrs...);
+// Whether the vectorized path applies to a chunk: launch_plan.h's elementwise_vec with the
+// alignment of the activation pointers (align) and of the coefficient pointers (coef_align),
+// both from pointer_alignment().
+template <typename scalar_t>
+bool elementwise_vec_ok(const ActivationInfo& info, int align, int coef_align) {
+  return elementwise_vec(info, vec_width<scalar_t>(), align, coef_align);
 }
 
 }  // namespace cuda

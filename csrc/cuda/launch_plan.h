@@ -38,6 +38,12 @@ struct ActivationInfo {
 
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
+inline int64_t pow2_floor(int64_t x) {  // the largest power of two <= x (1 for x < 1)
+  int64_t p = 1;
+  while (p * 2 <= x) p <<= 1;
+  return p;
+}
+
 inline int64_t pow2_ceil(int64_t x) {
   int64_t p = 1;
   while (p < x) p <<= 1;
@@ -45,6 +51,39 @@ inline int64_t pow2_ceil(int64_t x) {
 }
 
 RF_HD uint32_t min_u32(uint32_t a, uint32_t b) { return a < b ? a : b; }
+
+inline int log2_exact(int64_t p) {  // p a power of two
+  int k = 0;
+  while ((int64_t(1) << k) < p) ++k;
+  return k;
+}
+
+// Division of x < 2^31 by a run-time divisor d in [1, 2^31) with a multiply and a shift
+// (Granlund-Montgomery, as ATen's IntDivider; plain C++ so the host test runs it):
+// q = (umulhi(x, m) + x) >> shift with shift = ceil(log2 d), m = floor(2^32 (2^shift - d) / d) + 1.
+struct FastDiv {
+  uint32_t d, m, shift;
+  struct DivMod {
+    uint32_t div, mod;
+  };
+  FastDiv() = default;
+  explicit FastDiv(uint32_t divisor) : d(divisor), m(0), shift(0) {
+    while (shift < 32 && (uint64_t(1) << shift) < d) ++shift;
+    m = static_cast<uint32_t>(((uint64_t(1) << 32) * ((uint64_t(1) << shift) - d)) / d + 1);
+  }
+  RF_HD uint32_t div(uint32_t x) const {
+#ifdef __CUDA_ARCH__
+    const uint32_t t = __umulhi(x, m);
+#else
+    const uint32_t t = static_cast<uint32_t>((static_cast<uint64_t>(x) * m) >> 32);
+#endif
+    return (t + x) >> shift;
+  }
+  RF_HD DivMod divmod(uint32_t x) const {
+    const uint32_t q = div(x);
+    return {q, x - q * d};
+  }
+};
 
 // ----------------------------------------------------------------------------- chunks
 // Samples per chunk: runs of whole samples holding at most max_elements elements each (one
@@ -72,7 +111,7 @@ inline int64_t partial_offset(const ActivationInfo& info, int S, int64_t n0) { r
 // How one reduction is split into work (the same for every chunk).
 struct ReducePlan {
   Layout layout;
-  bool vec;    // V = vec_width when true, 1 otherwise
+  int V;       // elements per load: the 16-byte width, half of it (8 bytes), or 1
   int S;       // segments per plane (NCHW) or per sample's rows (NHWC)
   int L;       // segment length in hw positions (NCHW: a multiple of V)
   int G;       // NCHW: lanes per unit; NHWC: TX, channel vectors per block (power of two <= 32)
@@ -80,22 +119,45 @@ struct ReducePlan {
   int ctiles;  // NHWC: blocks across the channels, ceil(cvecs / TX); must be <= 65535
 };
 
+// Elements per load of a reduction: the largest of the 16-byte width `vec`, its half (8-byte
+// loads) and 1 whose loads are aligned: the run length (NCHW: H*W, each plane's start; NHWC:
+// C, each row's start) a multiple of it, and its byte size dividing `align` (the largest power
+// of two, <= 16, dividing every activation pointer). NHWC kernels also load V per-channel
+// coefficients (acc_t) per thread, 16 bytes at a time when V * sizeof(acc_t) is a multiple of
+// 16: then `coef_align` (the coefficient pointers' alignment) must be 16 too. NCHW kernels read
+// one coefficient per plane (scalar), whatever its alignment.
+inline int reduce_width(const ActivationInfo& info, int vec, int align, int coef_align) {
+  const int elem_bytes = 16 / vec;
+  const int acc_bytes = elem_bytes == 8 ? 8 : 4;
+  const int64_t run = info.layout == Layout::NCHW ? info.HW : info.C;
+  for (int w = vec; w >= 2 && w * 2 >= vec; w /= 2) {
+    if (run % w != 0 || align % (w * elem_bytes) != 0) continue;
+    if (info.layout == Layout::NHWC && (w * acc_bytes) % 16 == 0 && coef_align < 16) continue;
+    return w;
+  }
+  return 1;
+}
+
 // Work split of a per-(n, c) reduction. Enough units to fill every SM (a wave of warps at
 // full occupancy for NCHW, 8 blocks per SM for NHWC), splitting planes into segments only
 // when the batch alone does not, and never below two batches of loads per thread.
 // `vec`: the 16-byte width of the dtype; `unroll`, `row_unroll`: the Op's kUnroll and
-// kRowUnroll; `aligned`: every pointer the Op dereferences is 16-byte aligned; `sms`: the
-// device's multiprocessor count. S therefore depends on N, C, HW, the SM count and the
-// alignment, and so does the summation order (csrc/cuda/NOTES.md, "Reproducibility").
-inline ReducePlan plan_reduce(const ActivationInfo& info, int vec, int unroll, int row_unroll, bool aligned, int sms) {
+// kRowUnroll; `align`, `coef_align`: see reduce_width; `sms`: the device's multiprocessor
+// count. S therefore depends on N, C, HW, the SM count and the alignment, and so does the
+// summation order (csrc/cuda/NOTES.md, "Reproducibility").
+inline ReducePlan plan_reduce(const ActivationInfo& info, int vec, int unroll, int row_unroll, int align,
+                              int coef_align, int sms) {
   ReducePlan p{};
   p.layout = info.layout;
   const int64_t N = info.N, C = info.C, HW = info.HW;
+  p.V = reduce_width(info, vec, align, coef_align);
+  const int64_t V = p.V;
   int64_t S = 1;
   if (info.layout == Layout::NCHW) {
-    p.vec = aligned && vec > 1 && HW % vec == 0;  // then every plane starts 16-byte aligned
-    const int64_t V = p.vec ? vec : 1;
-    p.G = static_cast<int>(std::clamp<int64_t>(pow2_ceil(ceil_div(HW, 2 * unroll * V)), 1, kWarpSize));
+    // G: lanes per plane, so that each lane loads at least two full batches (the fixed cost of a
+    // unit, ~100 instructions of prologue, partial batch and store, is then amortized over
+    // >= 2*U*V values; 7x7 planes get 4 lanes of 12 values, not 8 lanes of 6).
+    p.G = static_cast<int>(std::clamp<int64_t>(pow2_floor(HW / (2 * unroll * V)), 1, kWarpSize));
     const int64_t warps = ceil_div(N * C, kWarpSize / p.G);
     const int64_t target = static_cast<int64_t>(sms) * 64;
     if (warps < target) S = std::min(ceil_div(target, warps), std::max<int64_t>(1, HW / (p.G * V * unroll * 2)));
@@ -104,8 +166,6 @@ inline ReducePlan plan_reduce(const ActivationInfo& info, int vec, int unroll, i
     p.S = static_cast<int>(ceil_div(HW, L));
     return p;
   }
-  p.vec = aligned && vec > 1 && C % vec == 0;  // then every row starts 16-byte aligned
-  const int64_t V = p.vec ? vec : 1;
   p.cvecs = static_cast<int>(C / V);
   p.G = static_cast<int>(std::clamp<int64_t>(pow2_ceil(p.cvecs), 1, kWarpSize));
   p.ctiles = static_cast<int>(ceil_div(p.cvecs, p.G));
@@ -126,12 +186,15 @@ RF_HD int64_t segment_count(int64_t HW, int64_t L, int s) {
   return rest < L ? rest : L;
 }
 
-// What the stage-1 kernels read (a chunk of samples).
+// What the stage-1 kernels read (a chunk of samples). The divisions of the thread
+// prologue are shifts (G, TX: powers of two) or multiply-shifts (FastDiv by S and C).
 struct ReduceGrid {
   int C, HW;
   int S, L, G;
-  int cvecs;  // NHWC
-  int units;  // NCHW: planes * S in this chunk
+  int log2G;    // G = 1 << log2G
+  int cvecs;    // NHWC
+  int units;    // NCHW: planes * S in this chunk
+  FastDiv div_S, div_C;
 };
 
 // The stage-1 launch of one chunk of n_chunk samples: its grid (x, y) and what it reads.
@@ -141,7 +204,17 @@ struct ReduceLaunch {
 };
 
 inline ReduceLaunch reduce_launch(const ReducePlan& plan, const ActivationInfo& info, int64_t n_chunk) {
-  ReduceLaunch l{{static_cast<int>(info.C), static_cast<int>(info.HW), plan.S, plan.L, plan.G, plan.cvecs, 0}, 0, 1};
+  ReduceLaunch l{};
+  l.g.C = static_cast<int>(info.C);
+  l.g.HW = static_cast<int>(info.HW);
+  l.g.S = plan.S;
+  l.g.L = plan.L;
+  l.g.G = plan.G;
+  l.g.log2G = log2_exact(plan.G);
+  l.g.cvecs = plan.cvecs;
+  l.g.div_S = FastDiv(static_cast<uint32_t>(plan.S));
+  l.g.div_C = FastDiv(static_cast<uint32_t>(info.C));
+  l.blocks_y = 1;
   if (plan.layout == Layout::NCHW) {
     const int64_t units = n_chunk * info.C * plan.S;  // <= chunk numel: fits int
     l.g.units = static_cast<int>(units);
@@ -163,27 +236,44 @@ struct NchwUnit {
 RF_HD NchwUnit nchw_unit(const ReduceGrid& g, int bx, int tid) {
   NchwUnit u{};
   u.lane = tid & (g.G - 1);
-  const int unit = bx * (kThreads / g.G) + tid / g.G;
+  const int unit = (bx << (8 - g.log2G)) + (tid >> g.log2G);  // kThreads / G units per block
   u.active = unit < g.units;
   if (u.active) {
-    u.nc = unit / g.S;
-    u.s = unit - u.nc * g.S;
-    u.n = u.nc / g.C;
-    u.c = u.nc - u.n * g.C;
+    const FastDiv::DivMod ns = g.div_S.divmod(static_cast<uint32_t>(unit));
+    u.nc = static_cast<int>(ns.div);
+    u.s = static_cast<int>(ns.mod);
+    const FastDiv::DivMod nc = g.div_C.divmod(ns.div);
+    u.n = static_cast<int>(nc.div);
+    u.c = static_cast<int>(nc.mod);
   }
   return u;
+}
+static_assert(kThreads == 1 << 8, "nchw_unit shifts by log2(kThreads)");
+
+// Chunk offset of the first element of unit u's segment (every lane may read it: the
+// bn_stats shift).
+RF_HD uint32_t nchw_first(const ReduceGrid& g, const NchwUnit& u) {
+  return static_cast<uint32_t>(u.nc) * g.HW + static_cast<uint32_t>(u.s) * g.L;
 }
 
 // The batches lane u.lane loads from its unit: f(off, k) with off[0..U) the chunk offsets of
 // U packs of V elements, k (>= 1) of them inside the segment (a prefix). Lanes are
-// V-strided, so a group's accesses are contiguous.
+// V-strided, so a group's accesses are contiguous. Full batches (k == U, a constant at that
+// call) first, then at most one partial batch, so the hot loop carries no per-pack bounds.
 template <int V, int U, class F>
 RF_HD void nchw_batches(const ReduceGrid& g, const NchwUnit& u, F&& f) {
   const uint32_t base = static_cast<uint32_t>(u.nc) * g.HW;  // plane start; < chunk numel
   const uint32_t a = static_cast<uint32_t>(u.s) * g.L;
   const uint32_t b = min_u32(a + g.L, static_cast<uint32_t>(g.HW));
   const uint32_t step = static_cast<uint32_t>(g.G) * V;
-  for (uint32_t e = a + u.lane * V; e < b; e += step * U) {
+  uint32_t e = a + u.lane * V;
+  for (; e + (U - 1) * step < b; e += step * U) {  // e < HW + 32*8*U: no overflow
+    uint32_t off[U];
+#pragma unroll
+    for (int i = 0; i < U; ++i) off[i] = base + e + i * step;
+    f(off, U);
+  }
+  if (e < b) {
     uint32_t off[U];
     int k = 0;
 #pragma unroll
@@ -209,29 +299,45 @@ struct NhwcThread {
 RF_HD NhwcThread nhwc_thread(const ReduceGrid& g, int bx, int by, int tid) {
   NhwcThread t{};
   t.TX = g.G;
-  t.TY = kThreads / t.TX;
+  t.TY = kThreads >> g.log2G;
   t.tx = tid & (t.TX - 1);
-  t.ty = tid / t.TX;
-  t.cv = by * t.TX + t.tx;
+  t.ty = tid >> g.log2G;
+  t.cv = (by << g.log2G) + t.tx;
   t.active = t.cv < g.cvecs;
-  t.n = bx / g.S;
-  t.s = bx - t.n * g.S;
+  const FastDiv::DivMod ns = g.div_S.divmod(static_cast<uint32_t>(bx));
+  t.n = static_cast<int>(ns.div);
+  t.s = static_cast<int>(ns.mod);
   return t;
 }
 
+// Chunk offset of channel vector t.cv in the first row of t's segment (the bn_stats shift).
+template <int V>
+RF_HD uint32_t nhwc_first(const ReduceGrid& g, const NhwcThread& t) {
+  return (static_cast<uint32_t>(t.n) * g.HW + static_cast<uint32_t>(t.s) * g.L) * g.C + t.cv * V;
+}
+
 // The batches of rows thread t loads: f(off, k) with off[0..U) the chunk offsets of U rows'
-// V channels, k (>= 1) of them inside the segment (a prefix).
+// V channels, k (>= 1) of them inside the segment (a prefix); full batches first, then at
+// most one partial one.
 template <int V, int U, class F>
 RF_HD void nhwc_batches(const ReduceGrid& g, const NhwcThread& t, F&& f) {
   const uint32_t r0 = static_cast<uint32_t>(t.s) * g.L;
   const uint32_t r1 = min_u32(r0 + g.L, static_cast<uint32_t>(g.HW));
   const uint32_t row_base = static_cast<uint32_t>(t.n) * g.HW;  // sample's first row
-  for (uint32_t r = r0 + t.ty; r < r1; r += static_cast<uint32_t>(t.TY) * U) {
+  const uint32_t TY = static_cast<uint32_t>(t.TY);
+  uint32_t r = r0 + t.ty;
+  for (; r + (U - 1) * TY < r1; r += TY * U) {
+    uint32_t off[U];
+#pragma unroll
+    for (int i = 0; i < U; ++i) off[i] = (row_base + r + i * TY) * g.C + t.cv * V;
+    f(off, U);
+  }
+  if (r < r1) {
     uint32_t off[U];
     int k = 0;
 #pragma unroll
     for (int i = 0; i < U; ++i) {
-      const uint32_t ri = r + i * t.TY;
+      const uint32_t ri = r + i * TY;
       off[i] = (row_base + ri) * g.C + t.cv * V;  // wraps harmlessly past the end: not loaded
       k += ri < r1;
     }
@@ -242,11 +348,51 @@ RF_HD void nhwc_batches(const ReduceGrid& g, const NhwcThread& t, F&& f) {
 // The first of the V partials thread t (ty == 0) writes: (n, s, cv*V + j) for j < V.
 RF_HD int nhwc_partial(const ReduceGrid& g, const NhwcThread& t, int V) { return (t.n * g.S + t.s) * g.C + t.cv * V; }
 
+// ----------------------------------------------------------------------------- stage 2
+// The stage-2 kernels (bn_stats.cu, scale_shift_act_backward_reduce.cu) run blocks of 32
+// channels (tx) x 32 rows (ty). The (n, s) partials of a channel are spread over the rows
+// in passes: a pass covers Q = 32 / P samples, each merged by a group of P lanes (rows
+// ty = q*P + p): lane p takes segments p, p + P, ... in order, then the group merges in a
+// fixed shared-memory tree (pairs (p, p + stride), stride = P/2 .. 1). P > 1 only when the
+// batch leaves rows idle (N < 32) and a sample has several segments (small N is exactly
+// when S grows), so that at N = 1 the S segments of a sample merge 32-wide, not serially in
+// one thread. The order depends on (N, S) only: deterministic for a plan.
+constexpr int kFinalizeRows = 32;
+
+// log2 P: P = the largest power of two with P <= S and P * min(N, 32) <= 32 (one pass when N < 32).
+inline int finalize_log2_lanes(int64_t N, int S) {
+  const int64_t busy = std::clamp<int64_t>(N, 1, kFinalizeRows);
+  int k = 0;
+  while ((int64_t(2) << k) <= S && (int64_t(2) << k) * busy <= kFinalizeRows) ++k;
+  return k;
+}
+
+// Row ty's sample in the pass starting at sample n0, and its lane in that sample's group.
+RF_HD int64_t finalize_sample(int64_t n0, int ty, int log2P) { return n0 + (ty >> log2P); }
+RF_HD int finalize_lane(int ty, int log2P) { return ty & ((1 << log2P) - 1); }
+// Samples per pass.
+RF_HD int finalize_pass(int log2P) { return kFinalizeRows >> log2P; }
+
+// The segments lane p of a group of P merges, in order: f(s).
+template <class F>
+RF_HD void finalize_segments(int S, int log2P, int p, F&& f) {
+  for (int s = p; s < S; s += 1 << log2P) f(s);
+}
+
 // ----------------------------------------------------------------------------- elementwise
 // Whether 16-byte vectors of V elements apply to a layout (pointer alignment aside): in
 // NCHW a vector may straddle two planes (needs HW >= V), in NHWC it must not leave a row.
 inline bool elementwise_vec_shape_ok(const ActivationInfo& info, int V) {
   return info.layout == Layout::NCHW ? info.HW >= V : info.C % V == 0;
+}
+
+// Whether a pass runs with 16-byte vectors: the shape allows it, every activation pointer is
+// 16-byte aligned (`align`), and in NHWC, where a vector's V coefficients are read with
+// 16-byte loads, every coefficient pointer too (`coef_align`); NCHW reads coefficients one
+// by one, so a coefficient view at any offset keeps the 16-byte activation accesses.
+inline bool elementwise_vec(const ActivationInfo& info, int V, int align, int coef_align) {
+  if (!elementwise_vec_shape_ok(info, V) || align < 16) return false;
+  return info.layout == Layout::NCHW || coef_align >= 16;
 }
 
 // Grid of the elementwise kernels: enough blocks for the vectors, at most 16 per SM (the
@@ -257,15 +403,32 @@ inline unsigned elementwise_blocks(int64_t numel, int vec, int sms) {
 }
 
 // The elements thread `first` (blockIdx.x * kThreads + threadIdx.x) of a grid of `stride`
-// threads processes: f(i0, integral_constant<int, V>) per vector of V elements [i0, i0 + V)
-// in a grid-stride loop, then f(i, integral_constant<int, 1>) for one of the last numel % V.
-template <int V, class F>
+// threads processes, in a grid-stride loop over vectors of V elements: f(i0, IntC<K>, IntC<W>)
+// processes K vectors of W elements, vector k being [i0[k], i0[k] + W). First batches of
+// K = U vectors (v, v + stride, ..., v + (U-1)*stride: the kernel issues all their loads
+// before it stores anything), then the thread's remaining vectors one at a time (K = 1), then
+// one of the last numel % V elements (K = 1, W = 1).
+template <int V, int U, class F>
 RF_HD void elementwise_thread(uint32_t numel, uint32_t first, uint32_t stride, F&& f) {
   const uint32_t nvec = numel / V;
-  for (uint32_t v = first; v < nvec; v += stride) f(v * V, std::integral_constant<int, V>{});
+  uint32_t v = first;
+  // v + U*stride < 2^31 + 2^23: no wrap (numel < 2^31, stride <= 16 blocks * 256 threads * SMs)
+  for (; v + (U - 1) * stride < nvec; v += U * stride) {
+    uint32_t i0[U];
+#pragma unroll
+    for (int k = 0; k < U; ++k) i0[k] = (v + k * stride) * V;
+    f(i0, std::integral_constant<int, U>{}, std::integral_constant<int, V>{});
+  }
+  for (; v < nvec; v += stride) {
+    uint32_t i0[U] = {v * V};
+    f(i0, std::integral_constant<int, 1>{}, std::integral_constant<int, V>{});
+  }
   if constexpr (V > 1) {
     const uint32_t i = nvec * V + first;
-    if (i < numel) f(i, std::integral_constant<int, 1>{});
+    if (i < numel) {
+      uint32_t i0[U] = {i};
+      f(i0, std::integral_constant<int, 1>{}, std::integral_constant<int, 1>{});
+    }
   }
 }
 

@@ -17,15 +17,27 @@ namespace {
 template <typename scalar_t>
 struct ScaleShiftActOp {
   using acc_t = acc_type<scalar_t>;
+  static constexpr int kUnroll = 2;  // vectors per thread with their loads in flight
   ScaleShiftArgs<scalar_t> a;  // y, residual, coefficients, this chunk
   scalar_t* __restrict__ out;  // like y, this chunk
 
+  template <int W>
+  struct In {  // widened at load (a narrow residual kept across its branch cost ptxas a stack slot)
+    acc_t y[W], r[W];
+  };
+
+  template <int W>
+  __device__ __forceinline__ In<W> load(uint32_t i) const {
+    In<W> in{};
+    load_acc<W>(a.y + i, in.y);
+    if (a.mode != ResMode::kNone) load_acc<W>(a.residual + i, in.r);
+    return in;
+  }
+
   template <int W, Layout L>
-  __device__ __forceinline__ void apply(uint32_t i, const Pos& pos) const {
-    acc_t yv[W], rv[W] = {}, z[W];
-    load_acc<W>(a.y + i, yv);
-    if (a.mode != ResMode::kNone) load_acc<W>(a.residual + i, rv);
-    pre_activation_vec<W, L>(a, pos, yv, rv, z);
+  __device__ __forceinline__ void finish(uint32_t i, const Pos& pos, const In<W>& in) const {
+    acc_t z[W];
+    pre_activation_vec<W, L>(a, pos, in.y, in.r, z);
     if (a.relu) {
 #pragma unroll
       for (int j = 0; j < W; ++j) z[j] = cuda::relu(z[j]);
@@ -50,8 +62,8 @@ at::Tensor scale_shift_act_cuda(const at::Tensor& y, const at::Tensor& scale, co
     for_each_chunk(info, [&](int64_t n0, int64_t n_chunk) {
       const auto a = args.from_sample(n0, info);
       scalar_t* out_p = sample_ptr(out.mutable_data_ptr<scalar_t>(), n0, info);
-      const bool vec = elementwise_vec_ok<scalar_t>(info, out_p, a.y, a.residual, a.scale, a.shift, a.res_scale,
-                                                    a.res_shift);
+      const bool vec = elementwise_vec_ok<scalar_t>(info, pointer_alignment(out_p, a.y, a.residual),
+                                                    pointer_alignment(a.scale, a.shift, a.res_scale, a.res_shift));
       launch_elementwise<scalar_t>(ScaleShiftActOp<scalar_t>{a, out_p}, vec, info, n_chunk, sms, stream);
     });
   });

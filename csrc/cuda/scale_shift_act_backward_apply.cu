@@ -36,6 +36,7 @@ __device__ __forceinline__ void affine_grad(const acc_t (&k_g)[V], const acc_t (
 template <typename scalar_t>
 struct BackwardApplyOp {
   using acc_t = acc_type<scalar_t>;
+  static constexpr int kUnroll = 2;  // vectors per thread with their loads in flight (3 tensors each)
   ScaleShiftArgs<scalar_t> a;             // y, residual, scale, shift, ..., this chunk
   const scalar_t* __restrict__ grad_out;  // like y, this chunk
   scalar_t* __restrict__ grad_y;          // like y, this chunk
@@ -49,12 +50,33 @@ struct BackwardApplyOp {
   const acc_t* __restrict__ res_k_r;      // (C,) or nullptr
   const acc_t* __restrict__ res_center;   // (C,) or nullptr
 
+  template <int W>
+  struct In {
+    Pack<scalar_t, W> g, y, r;
+  };
+
+  __device__ __forceinline__ bool needs_residual() const {
+    return (a.relu && a.mode != ResMode::kNone) || grad_res != nullptr;
+  }
+
+  template <int W>
+  __device__ __forceinline__ In<W> load(uint32_t i) const {
+    In<W> in{};
+    in.g = load_pack<W>(grad_out + i);
+    in.y = load_pack<W>(a.y + i);
+    if (needs_residual()) in.r = load_pack<W>(a.residual + i);
+    return in;
+  }
+
   template <int W, Layout L>
-  __device__ __forceinline__ void apply(uint32_t i, const Pos& pos) const {
-    acc_t g[W], yv[W], rv[W] = {}, out[W];
-    load_acc<W>(grad_out + i, g);
-    load_acc<W>(a.y + i, yv);
-    if ((a.relu && a.mode != ResMode::kNone) || grad_res != nullptr) load_acc<W>(a.residual + i, rv);
+  __device__ __forceinline__ void finish(uint32_t i, const Pos& pos, const In<W>& in) const {
+    acc_t g[W], yv[W], rv[W], out[W];
+#pragma unroll
+    for (int j = 0; j < W; ++j) {
+      g[j] = static_cast<acc_t>(in.g.v[j]);
+      yv[j] = static_cast<acc_t>(in.y.v[j]);
+      rv[j] = static_cast<acc_t>(in.r.v[j]);  // zero unless loaded
+    }
     if (a.relu) {
       acc_t z[W];
       pre_activation_vec<W, L>(a, pos, yv, rv, z);
@@ -131,10 +153,10 @@ std::tuple<at::Tensor, at::Tensor> scale_shift_act_backward_apply_cuda(
                                          res_coef(res_k_0),
                                          res_coef(res_k_r),
                                          res_coef(res_center)};
-      const bool vec = elementwise_vec_ok<scalar_t>(info, op.a.y, op.a.residual, op.a.scale, op.a.shift,
-                                                    op.a.res_scale, op.a.res_shift, op.grad_out, op.grad_y,
-                                                    op.grad_res, op.k_g, op.k_0, op.k_y, op.center, op.res_k_g,
-                                                    op.res_k_0, op.res_k_r, op.res_center);
+      const bool vec = elementwise_vec_ok<scalar_t>(
+          info, pointer_alignment(op.a.y, op.a.residual, op.grad_out, op.grad_y, op.grad_res),
+          pointer_alignment(op.a.scale, op.a.shift, op.a.res_scale, op.a.res_shift, op.k_g, op.k_0, op.k_y,
+                            op.center, op.res_k_g, op.res_k_0, op.res_k_r, op.res_center));
       launch_elementwise<scalar_t>(op, vec, info, n_chunk, sms, stream);
     });
   });

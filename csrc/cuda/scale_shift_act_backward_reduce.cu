@@ -22,17 +22,29 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
+#include <type_traits>
+
 namespace resnet_fast {
 namespace cuda {
 namespace {
 
-template <typename scalar_t, int V>
+// kSpec < 0: the flags are read at run time (relu, the residual mode, res_center given).
+// kSpec >= 0: they are compile-time bits (kSpecRelu, kSpecAffine, kSpecResCenter) and the
+// coefficients and sums a combination does not use drop out of the kernel: the NHWC 16-byte
+// kernels hold V of each per thread (6V coefficients and 3V sums when all are live: 119
+// registers at half/bf16, 2 blocks per SM), so each combination gets its own kernel there.
+constexpr int kSpecRelu = 1, kSpecAffine = 2, kSpecResCenter = 4;
+
+template <typename scalar_t, int V, int kSpec = -1>
 struct BackwardReduceOp {
   using scalar_type = scalar_t;
   using acc_t = acc_type<scalar_t>;
   static constexpr int kVec = V;
   static constexpr int kUnroll = 2;     // NCHW: packs per batch
-  static constexpr int kRowUnroll = 1;  // NHWC: rows per batch (registers: 6V coefficients, 3V sums)
+  // NHWC: rows per batch. One with every coefficient live (6V coefficients, 3V sums: 119
+  // registers at V = 8); two where the combination leaves registers for a second row in
+  // flight (no residual coefficients, no residual sums: bn_relu's and plain BN's backward).
+  static constexpr int kRowUnroll = kSpec >= 0 && (kSpec & (kSpecAffine | kSpecResCenter)) == 0 ? 2 : 1;
   struct PlaneState {
     acc_t g, gy, gr;
   };
@@ -43,6 +55,8 @@ struct BackwardReduceOp {
   struct Coefs {
     acc_t scale[W], shift[W], res_scale[W], res_shift[W], center[W], res_center[W];
   };
+  using PlaneContext = Coefs<1>;
+  using RowContext = Coefs<V>;
   using Pk = Pack<scalar_t, V>;
 
   ScaleShiftArgs<scalar_t> a;             // y, residual, scale, shift, ..., this chunk
@@ -53,27 +67,57 @@ struct BackwardReduceOp {
   acc_t* __restrict__ part_gy;            // (N, S, C)
   acc_t* __restrict__ part_gr;            // (N, S, C), or nullptr with res_center
 
+  __device__ __forceinline__ bool relu() const {
+    if constexpr (kSpec < 0) {
+      return a.relu;
+    } else {
+      return (kSpec & kSpecRelu) != 0;
+    }
+  }
+  __device__ __forceinline__ bool affine() const {  // res_scale/res_shift enter z (relu only)
+    if constexpr (kSpec < 0) {
+      return a.mode == ResMode::kAffine;
+    } else {
+      return (kSpec & kSpecAffine) != 0;
+    }
+  }
+  __device__ __forceinline__ bool with_res_center() const {
+    if constexpr (kSpec < 0) {
+      return res_center != nullptr;
+    } else {
+      return (kSpec & kSpecResCenter) != 0;
+    }
+  }
+  // The residual mode as z needs it; kAffine only when affine() (a compile-time false drops
+  // res_scale/res_shift).
+  __device__ __forceinline__ ResMode mode() const {
+    if (affine()) return ResMode::kAffine;
+    return a.mode == ResMode::kNone ? ResMode::kNone : ResMode::kPlain;
+  }
+
   __device__ __forceinline__ bool needs_residual() const {
-    return (a.relu && a.mode != ResMode::kNone) || res_center != nullptr;
+    return (relu() && a.mode != ResMode::kNone) || with_res_center();
   }
 
   template <int W>
   __device__ __forceinline__ Coefs<W> context(int c, int nc) const {
     Coefs<W> k{};
     load_coef<W>(center + c, k.center);
-    if (a.relu) {
+    if (relu()) {
       load_coef<W>(a.scale + nc, k.scale);
       load_coef<W>(a.shift + nc, k.shift);
-      if (a.mode == ResMode::kAffine) {
+      if (affine()) {
         load_coef<W>(a.res_scale + c, k.res_scale);
         load_coef<W>(a.res_shift + c, k.res_shift);
       }
     }
-    if (res_center != nullptr) load_coef<W>(res_center + c, k.res_center);
+    if (with_res_center()) load_coef<W>(res_center + c, k.res_center);
     return k;
   }
-  __device__ __forceinline__ Coefs<1> plane_context(int, int c, int nc) const { return context<1>(c, nc); }
-  __device__ __forceinline__ Coefs<V> row_context(int, int c0, int nc0) const { return context<V>(c0, nc0); }
+  __device__ __forceinline__ Coefs<1> plane_context(int, int c, int nc, uint32_t) const { return context<1>(c, nc); }
+  __device__ __forceinline__ Coefs<V> row_context(int, int c0, int nc0, uint32_t, uint32_t, int) const {
+    return context<V>(c0, nc0);
+  }
 
   // The packs at off[0..k) of grad_out, y, residual; zeros past k and for an unused residual.
   template <int U>
@@ -94,12 +138,12 @@ struct BackwardReduceOp {
     const acc_t y_a = static_cast<acc_t>(yv);
     const acc_t r_a = static_cast<acc_t>(rv);
     acc_t g = static_cast<acc_t>(go);
-    if (a.relu) {
-      g = relu_mask(pre_activation(y_a, k.scale[j], k.shift[j], r_a, k.res_scale[j], k.res_shift[j], a.mode), g);
+    if (relu()) {
+      g = relu_mask(pre_activation(y_a, k.scale[j], k.shift[j], r_a, k.res_scale[j], k.res_shift[j], mode()), g);
     }
     sg += g;
     sgy += g * (y_a - k.center[j]);
-    if (res_center != nullptr) sgr += g * (r_a - k.res_center[j]);
+    if (with_res_center()) sgr += g * (r_a - k.res_center[j]);
   }
 
   __device__ __forceinline__ void accumulate_plane(PlaneState& st, const Coefs<1>& k, const uint32_t (&off)[kUnroll],
@@ -148,23 +192,25 @@ struct BackwardReduceOp {
             __shfl_xor_sync(0xffffffffu, s.gr, offset)};
   }
 
-  __device__ __forceinline__ void store_plane(const PlaneState& st, int p) const {
+  __device__ __forceinline__ void store_plane(const PlaneState& st, const PlaneContext&, int p, int) const {
     part_g[p] = st.g;
     part_gy[p] = st.gy;
-    if (part_gr != nullptr) part_gr[p] = st.gr;
+    if (with_res_center()) part_gr[p] = st.gr;
   }
 
-  __device__ __forceinline__ void store_rows(const RowState& st, int p) const {
+  __device__ __forceinline__ void store_rows(const RowState& st, const RowContext&, int p, int) const {
 #pragma unroll
     for (int j = 0; j < V; ++j) {
       part_g[p + j] = st.g[j];
       part_gy[p + j] = st.gy[j];
-      if (part_gr != nullptr) part_gr[p + j] = st.gr[j];
+      if (with_res_center()) part_gr[p + j] = st.gr[j];
     }
   }
 };
 
-// Block: 32 channels x 32 sample lanes.
+// Block: 32 channels x 32 rows; a pass gives each sample of 32 / P a group of P rows (P > 1
+// only when N < 32: launch_plan.h "stage 2"); sum_g_res adds each row's partials, then a
+// fixed tree over the rows.
 template <typename acc_t>
 __global__ void __launch_bounds__(kFinalizeThreads)
     _backward_reduce_finalize_kernel(const acc_t* __restrict__ part_g,   // (N, S, C)
@@ -173,28 +219,72 @@ __global__ void __launch_bounds__(kFinalizeThreads)
                                      acc_t* __restrict__ sum_g,          // (N, C) out
                                      acc_t* __restrict__ sum_g_y,        // (N, C) out
                                      acc_t* __restrict__ sum_g_res,      // (C,) out, or nullptr
-                                     int64_t N, int64_t C, int S) {
+                                     int64_t N, int64_t C, int S,
+                                     int log2P) {                        // log2 of the rows per sample
+  struct Sums {
+    acc_t g, gy;
+  };
+  const auto add = [](Sums& x, const Sums& y) {
+    x.g += y.g;
+    x.gy += y.gy;
+  };
   const int tx = threadIdx.x % kFinalizeTX;
   const int ty = threadIdx.x / kFinalizeTX;
   const int64_t c = static_cast<int64_t>(blockIdx.x) * kFinalizeTX + tx;
+  const int p = finalize_lane(ty, log2P);
+  __shared__ Sums smem[kFinalizeThreads];
   acc_t gr = 0;
-  if (c < C) {
-    for (int64_t n = ty; n < N; n += kFinalizeTY) {
-      acc_t g = 0, gy = 0;
-      for (int s = 0; s < S; ++s) {
-        const int64_t p = (n * S + s) * C + c;
-        g += part_g[p];
-        gy += part_gy[p];
-        if (part_gr != nullptr) gr += part_gr[p];
-      }
-      sum_g[n * C + c] = g;
-      sum_g_y[n * C + c] = gy;
+  for (int64_t n0 = 0; n0 < N; n0 += finalize_pass(log2P)) {  // uniform over the block
+    const int64_t n = finalize_sample(n0, ty, log2P);
+    const bool active = c < C && n < N;
+    Sums sample{0, 0};
+    if (active) {
+      finalize_segments(S, log2P, p, [&](int s) {
+        const int64_t q = (n * S + s) * C + c;
+        sample.g += part_g[q];
+        sample.gy += part_gy[q];
+        if (part_gr != nullptr) gr += part_gr[q];
+      });
+    }
+    if (log2P > 0) sample = tree_reduce_groups(sample, smem, tx, ty, kFinalizeTX, 1 << log2P, add);
+    if (active && p == 0) {
+      sum_g[n * C + c] = sample.g;
+      sum_g_y[n * C + c] = sample.gy;
     }
   }
   if (sum_g_res == nullptr) return;  // the same for the whole grid
-  __shared__ acc_t smem[kFinalizeThreads];
-  gr = tree_reduce_y(gr, smem, tx, ty, kFinalizeTX, kFinalizeTY, [](acc_t& a, const acc_t& b) { a += b; });
+  acc_t* smem_gr = reinterpret_cast<acc_t*>(smem);  // free: tree_reduce_groups ended with a barrier
+  gr = tree_reduce_y(gr, smem_gr, tx, ty, kFinalizeTX, kFinalizeTY, [](acc_t& x, const acc_t& y) { x += y; });
   if (ty == 0 && c < C) sum_g_res[c] = gr;
+}
+
+// Stage 1 over every chunk with the Op type Op (its pointers offset per chunk).
+template <class Op, bool kNchw, bool kNhwc, typename scalar_t, typename acc_t>
+void run_backward_reduce(const ScaleShiftArgs<scalar_t>& args, const scalar_t* grad_out_p, const acc_t* center_p,
+                         const acc_t* res_center_p, acc_t* part_g, acc_t* part_gy, acc_t* part_gr,
+                         const ReducePlan& plan, const ActivationInfo& info, cudaStream_t stream) {
+  for_each_chunk(info, [&](int64_t n0, int64_t n_chunk) {
+    const int64_t part_at = partial_offset(info, plan.S, n0);  // partials of sample n0
+    const Op op{args.from_sample(n0, info), sample_ptr(grad_out_p, n0, info), center_p, res_center_p,
+                part_g + part_at, part_gy + part_at, part_gr == nullptr ? nullptr : part_gr + part_at};
+    launch_reduce<Op, kNchw, kNhwc>(op, plan, info, n_chunk, stream);
+  });
+}
+
+// f(IntC<spec>{}) for the compile-time flags of a call (6 combinations: affine only with relu).
+template <class F>
+void with_spec(bool relu, bool affine, bool res_center, F&& f) {
+  const int rc = res_center ? kSpecResCenter : 0;
+  if (!relu) {
+    if (rc) return f(IntC<kSpecResCenter>{});
+    return f(IntC<0>{});
+  }
+  if (affine) {
+    if (rc) return f(IntC<kSpecRelu | kSpecAffine | kSpecResCenter>{});
+    return f(IntC<kSpecRelu | kSpecAffine>{});
+  }
+  if (rc) return f(IntC<kSpecRelu | kSpecResCenter>{});
+  return f(IntC<kSpecRelu>{});
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> scale_shift_act_backward_reduce_cuda(
@@ -227,26 +317,40 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> scale_shift_act_backward_reduce_c
     const scalar_t* grad_out_p = grad_out.const_data_ptr<scalar_t>();
     const acc_t* center_p = center.const_data_ptr<acc_t>();
     const acc_t* res_center_p = opt_cptr<acc_t>(res_center);
-    const bool aligned = all_aligned16(grad_out_p, args.y, args.residual, args.scale, args.shift, args.res_scale,
-                                       args.res_shift, center_p, res_center_p);
-    const ReducePlan plan = plan_reduce_for<BackwardReduceOp<scalar_t, 1>>(info, aligned, sms);
+    // 16-byte coefficient loads only in the NHWC kernels (NCHW reads one value per plane).
+    const int align = pointer_alignment(grad_out_p, args.y, args.residual);
+    const int coef_align =
+        pointer_alignment(args.scale, args.shift, args.res_scale, args.res_shift, center_p, res_center_p);
+    const ReducePlan plan = plan_reduce_for<BackwardReduceOp<scalar_t, 1>>(info, align, coef_align, sms);
     const int64_t part_size = info.N * plan.S * info.C;
     at::Tensor part = at::empty({res_center.has_value() ? 3 : 2, part_size}, opts);
     acc_t* part_g = part.mutable_data_ptr<acc_t>();
     acc_t* part_gy = part_g + part_size;
     acc_t* part_gr = res_center.has_value() ? part_g + 2 * part_size : nullptr;
-    with_vec<scalar_t>(plan.vec, [&](auto v) {
-      for_each_chunk(info, [&](int64_t n0, int64_t n_chunk) {
-        const int64_t part_at = partial_offset(info, plan.S, n0);  // partials of sample n0
-        const BackwardReduceOp<scalar_t, decltype(v)::value> op{
-            args.from_sample(n0, info), sample_ptr(grad_out_p, n0, info), center_p, res_center_p, part_g + part_at,
-            part_gy + part_at, part_gr == nullptr ? nullptr : part_gr + part_at};
-        launch_reduce(op, plan, info, n_chunk, stream);
-      });
+    with_width<scalar_t>(plan.V, [&](auto v) {
+      constexpr int V = decltype(v)::value;
+      const auto run = [&](auto op_type, auto nchw, auto nhwc) {
+        using Op = typename decltype(op_type)::type;
+        run_backward_reduce<Op, decltype(nchw)::value, decltype(nhwc)::value>(
+            args, grad_out_p, center_p, res_center_p, part_g, part_gy, part_gr, plan, info, stream);
+      };
+      if constexpr (V > 2) {  // the 16- and 8-byte kernels of float/half/bf16: one kernel per combination
+        if (info.layout == Layout::NHWC) {
+          with_spec(relu, args.mode == ResMode::kAffine, res_center.has_value(), [&](auto spec) {
+            run(std::type_identity<BackwardReduceOp<scalar_t, V, decltype(spec)::value>>{}, std::false_type{},
+                std::true_type{});
+          });
+        } else {
+          run(std::type_identity<BackwardReduceOp<scalar_t, V>>{}, std::true_type{}, std::false_type{});
+        }
+      } else {
+        run(std::type_identity<BackwardReduceOp<scalar_t, V>>{}, std::true_type{}, std::true_type{});
+      }
     });
     _backward_reduce_finalize_kernel<acc_t><<<finalize_blocks(info.C), kFinalizeThreads, 0, stream>>>(
         part_g, part_gy, part_gr, sum_g.mutable_data_ptr<acc_t>(), sum_g_y.mutable_data_ptr<acc_t>(),
-        res_center.has_value() ? sum_g_res.mutable_data_ptr<acc_t>() : nullptr, info.N, info.C, plan.S);
+        res_center.has_value() ? sum_g_res.mutable_data_ptr<acc_t>() : nullptr, info.N, info.C, plan.S,
+        finalize_log2_lanes(info.N, plan.S));
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return {sum_g, sum_g_y, sum_g_res};

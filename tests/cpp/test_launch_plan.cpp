@@ -1,16 +1,22 @@
 // Host check of the CUDA kernels' launch planning (csrc/cuda/launch_plan.h), compiled with
 // the system g++ by tests/test_launch_plan.py. It runs the very functions the kernels call
-// for their offsets (the reductions' nchw_unit/nchw_batches/nhwc_thread/nhwc_batches, the
-// elementwise grid-stride loop and position()) for every thread of every launch, over many
-// shapes, vector widths, both layouts, the unrolls of both reduction ops, SM counts 108 and
-// 132, and chunk limits that force several chunks, and checks:
+// for their offsets (the reductions' nchw_unit/nchw_batches/nhwc_thread/nhwc_batches and
+// nchw_first/nhwc_first, the elementwise grid-stride batches and position(), the stage-2
+// lanes, FastDiv) for every thread of every launch, over many shapes, the load widths the
+// plan picks at 16-byte, 8-byte and element-size alignment (and NHWC with misaligned
+// coefficients), both layouts, the unrolls of both reduction ops, elementwise batches of
+// 1/2/4 vectors, SM counts 108 and 132, and chunk limits that force several chunks, and checks:
 //   reductions   every element read exactly once, by a thread of its own (n, c) and segment;
 //                every partial (n, s, c) of the (N, S, C) workspace written exactly once;
 //                each partial's element count equal to segment_count(HW, L, s), the weight
 //                the bn_stats finalize gives it (the backward finalize sums all S);
-//   elementwise  every element processed exactly once; the coefficient indices that
-//                position() yields for each element of a vector (plane straddling in NCHW)
-//                equal the element's own (n, c) and c.
+//                the bn_stats shift read from the segment's first pack / row;
+//   elementwise  every element processed exactly once; a batch's vectors one grid stride
+//                apart; the coefficient indices that position() yields for each element of
+//                a vector (plane straddling in NCHW) equal the element's own (n, c) and c;
+//                16-byte vectors only where elementwise_vec allows them;
+//   stage 2      every (n, s) partial of a channel merged once, by a lane of sample n's group;
+//   FastDiv      quotient and remainder equal / and % (divisors 1..4096, near powers of two).
 // Exit status 0 when all hold; the first failure is printed.
 #include "launch_plan.h"
 
@@ -59,10 +65,15 @@ Coord coord_of(const ActivationInfo& info, int64_t i) {
 }
 
 // ----------------------------------------------------------------------------- reductions
-template <int V, int U, int RU>
-void check_reduce(const ActivationInfo& info, int vec, bool aligned, int sms, int64_t max_chunk) {
-  const ReducePlan plan = plan_reduce(info, vec, U, RU, aligned, sms);
-  CHECK((plan.vec ? vec : 1) == V, "dispatch width");
+// PU, PRU: the unrolls the plan is computed with (backward_reduce plans with its run-time-flag
+// Op's rows per batch, 1, and runs the per-combination NHWC kernels with 1 or 2).
+template <int V, int U, int RU, int PU = U, int PRU = RU>
+void check_reduce(const ActivationInfo& info, int vec, int align, int coef_align, int sms, int64_t max_chunk) {
+  const ReducePlan plan = plan_reduce(info, vec, PU, PRU, align, coef_align, sms);
+  CHECK(plan.V == V, "dispatch width");
+  CHECK(V == 1 || (V * (16 / vec)) <= align, "loads no wider than the pointers' alignment");
+  CHECK(V == 1 || (info.layout == Layout::NCHW ? info.HW : info.C) % V == 0, "runs a multiple of V");
+  CHECK((plan.G & (plan.G - 1)) == 0 && plan.G >= 1 && plan.G <= kWarpSize, "G a power of two <= 32");
   CHECK(plan.S >= 1 && plan.L >= 1, "S, L positive");
   CHECK(static_cast<int64_t>(plan.S - 1) * plan.L < info.HW && static_cast<int64_t>(plan.S) * plan.L >= info.HW,
         "S segments of L cover HW, none empty");
@@ -96,6 +107,11 @@ void check_reduce(const ActivationInfo& info, int vec, bool aligned, int sms, in
           const NchwUnit u = nchw_unit(l.g, static_cast<int>(bx), tid);
           if (!u.active) continue;
           const int part = nchw_partial(l.g, u);
+          {  // the shift's pack: the segment's first V elements, of the unit's plane
+            const Coord at = coord_of(info, elem0 + nchw_first(l.g, u));
+            CHECK(at.n == n0 + u.n && at.c == u.c && at.hw == int64_t(u.s) * plan.L, "nchw_first");
+            CHECK(nchw_first(l.g, u) % V == 0 && at.hw + V <= info.HW, "nchw_first pack aligned, in the plane");
+          }
           nchw_batches<V, U>(l.g, u, [&](const uint32_t (&off)[U], int k) {
             CHECK(k >= 1 && k <= U, "batch holds 1..U packs");
             for (int q = 0; q < k; ++q) {
@@ -116,6 +132,16 @@ void check_reduce(const ActivationInfo& info, int vec, bool aligned, int sms, in
             const NhwcThread t = nhwc_thread(l.g, static_cast<int>(bx), static_cast<int>(by), tid);
             if (!t.active) continue;
             const int part = nhwc_partial(l.g, t, V);
+            {  // the shift's rows: the segment's first 4 (its last repeated), the thread's channels
+              const Coord at = coord_of(info, elem0 + nhwc_first<V>(l.g, t));
+              CHECK(at.n == n0 + t.n && at.c == int64_t(t.cv) * V && at.hw == int64_t(t.s) * plan.L, "nhwc_first");
+              const int rows = static_cast<int>(segment_count(l.g.HW, l.g.L, t.s));
+              for (int i = 1; i < 4; ++i) {
+                const uint32_t off = nhwc_first<V>(l.g, t) + static_cast<uint32_t>(i < rows ? i : rows - 1) * l.g.C;
+                const Coord r = coord_of(info, elem0 + off);
+                CHECK(off < chunk_numel && r.n == at.n && r.c == at.c && r.hw / plan.L == t.s, "shift rows in the segment");
+              }
+            }
             nhwc_batches<V, RU>(l.g, t, [&](const uint32_t (&off)[RU], int k) {
               CHECK(k >= 1 && k <= RU, "batch holds 1..U rows");
               for (int q = 0; q < k; ++q) {
@@ -144,8 +170,8 @@ void check_reduce(const ActivationInfo& info, int vec, bool aligned, int sms, in
 }
 
 // ----------------------------------------------------------------------------- elementwise
-template <int V, Layout L>
-void check_elementwise(const ActivationInfo& info, int sms, int64_t max_chunk) {
+template <int V, int U, Layout L>
+void check_elementwise_unrolled(const ActivationInfo& info, int sms, int64_t max_chunk) {
   std::vector<uint8_t> done(info.numel(), 0);
   const Div div_c{static_cast<uint32_t>(info.C)}, div_hw{static_cast<uint32_t>(info.HW)};
   for_each_chunk_of(info, max_chunk, [&](int64_t n0, int64_t n_chunk) {
@@ -156,8 +182,17 @@ void check_elementwise(const ActivationInfo& info, int sms, int64_t max_chunk) {
     CHECK(blocks >= 1 && blocks <= static_cast<unsigned>(sms) * 16, "grid size");
     const uint32_t stride = blocks * kThreads;
     for (uint32_t first = 0; first < stride; ++first) {
-      elementwise_thread<V>(numel, first, stride, [&](uint32_t i0, auto w) {
-        constexpr int W = decltype(w)::value;
+      int calls = 0, singles = 0;
+      elementwise_thread<V, U>(numel, first, stride, [&](const uint32_t (&i0s)[U], auto kc, auto w) {
+       constexpr int K = decltype(kc)::value;
+       constexpr int W = decltype(w)::value;
+       ++calls;
+       CHECK(K == U || K == 1, "a batch holds U vectors or one");
+       if (K == 1) ++singles;
+       CHECK(K == U || singles <= U, "at most U - 1 single vectors and the scalar tail after the batches");
+       for (int k = 0; k < K; ++k) {
+        const uint32_t i0 = i0s[k];
+        if (k > 0) CHECK(i0 == i0s[k - 1] + stride * V, "a batch's vectors one grid stride apart");
         const Pos pos = position<W, L>(i0, div_c.d, div_hw.d, div_c, div_hw);
         CHECK(pos.split >= 1, "split >= 1");
         if (L == Layout::NHWC) CHECK(pos.c0 + W <= info.C, "NHWC vector inside one row");
@@ -181,31 +216,59 @@ void check_elementwise(const ActivationInfo& info, int sms, int64_t max_chunk) {
           CHECK(nc0 + nc == at.n * info.C + at.c, "per-(n, c) coefficient index");
           CHECK(c == at.c, "per-channel coefficient index");
         }
+       }
       });
+      (void)calls;
     }
   });
   for (int64_t i = 0; i < info.numel(); ++i) CHECK(done[i] == 1, "every element processed");
 }
 
+template <int V, Layout L>
+void check_elementwise(const ActivationInfo& info, int sms, int64_t max_chunk) {
+  // the ops' kUnroll: scale_shift_act 2, backward_apply 2; 1 and 4 cover the batching itself
+  check_elementwise_unrolled<V, 1, L>(info, sms, max_chunk);
+  check_elementwise_unrolled<V, 2, L>(info, sms, max_chunk);
+  check_elementwise_unrolled<V, 4, L>(info, sms, max_chunk);
+}
+
 template <int V>
-void check_all_widths(const ActivationInfo& info, int vec, int sms, int64_t max_chunk) {
-  // the two reduction ops: bn_stats (kUnroll 4, kRowUnroll 4), backward reduce (2, 1)
-  const bool aligned = V > 1;
-  check_reduce<V, 4, 4>(info, vec, aligned, sms, max_chunk);
-  check_reduce<V, 2, 1>(info, vec, aligned, sms, max_chunk);
+void check_all_widths(const ActivationInfo& info, int vec, int align, int coef_align, int sms, int64_t max_chunk) {
+  // the two reduction ops: bn_stats (kUnroll 4, kRowUnroll 4), backward reduce (2, 1 or 2)
+  check_reduce<V, 4, 4>(info, vec, align, coef_align, sms, max_chunk);
+  check_reduce<V, 2, 1>(info, vec, align, coef_align, sms, max_chunk);
+  check_reduce<V, 2, 2, 2, 1>(info, vec, align, coef_align, sms, max_chunk);
+}
+
+// The reductions at one alignment of the pointers: the plan picks V (16-byte, 8-byte or
+// scalar loads); the kernels of that width are simulated.
+void check_reduce_alignment(const ActivationInfo& info, int vec, int align, int coef_align, int sms,
+                            int64_t max_chunk) {
+  const int V = plan_reduce(info, vec, 4, 4, align, coef_align, sms).V;
+  if (V == 8) check_all_widths<8>(info, vec, align, coef_align, sms, max_chunk);
+  if (V == 4) check_all_widths<4>(info, vec, align, coef_align, sms, max_chunk);
+  if (V == 2) check_all_widths<2>(info, vec, align, coef_align, sms, max_chunk);
+  if (V == 1) check_all_widths<1>(info, vec, align, coef_align, sms, max_chunk);
 }
 
 void check_shape(ActivationInfo info, int sms, int64_t max_chunk) {
   constexpr int kVecs[] = {8, 4, 2};  // half/bfloat16, float, double
   for (int vec : kVecs) {
-    // the plan decides whether the 16-byte path applies; V = 1 when misaligned
-    const ReducePlan p = plan_reduce(info, vec, 4, 4, true, sms);
-    const int V = p.vec ? vec : 1;
-    if (V == 8) check_all_widths<8>(info, vec, sms, max_chunk);
-    if (V == 4) check_all_widths<4>(info, vec, sms, max_chunk);
-    if (V == 2) check_all_widths<2>(info, vec, sms, max_chunk);
-    check_all_widths<1>(info, vec, sms, max_chunk);  // misaligned pointers
+    const int elem = 16 / vec;
+    // 16-byte aligned, 8-byte aligned (8-byte loads at most), misaligned (scalar), and in
+    // NHWC 16-byte activations with misaligned coefficients
+    check_reduce_alignment(info, vec, 16, 16, sms, max_chunk);
+    check_reduce_alignment(info, vec, 8, 16, sms, max_chunk);
+    check_reduce_alignment(info, vec, elem, 16, sms, max_chunk);
+    if (info.layout == Layout::NHWC) check_reduce_alignment(info, vec, 16, 4, sms, max_chunk);
     const bool ew = elementwise_vec_shape_ok(info, vec);
+    {  // 16-byte vectors: aligned activations; coefficients aligned too only in NHWC
+      const int V = vec;
+      CHECK(elementwise_vec(info, vec, 16, 16) == ew, "elementwise_vec, all aligned");
+      CHECK(!elementwise_vec(info, vec, 8, 16), "elementwise_vec, misaligned activations");
+      CHECK(elementwise_vec(info, vec, 16, 4) == (ew && info.layout == Layout::NCHW),
+            "elementwise_vec, misaligned coefficients: NCHW keeps 16-byte activation accesses");
+    }
     if (info.layout == Layout::NCHW) {
       if (ew && vec == 8) check_elementwise<8, Layout::NCHW>(info, sms, max_chunk);
       if (ew && vec == 4) check_elementwise<4, Layout::NCHW>(info, sms, max_chunk);
@@ -220,9 +283,84 @@ void check_shape(ActivationInfo info, int sms, int64_t max_chunk) {
   }
 }
 
+// FastDiv (the reductions' prologue) against / and %: every divisor up to 4096, divisors
+// near powers of two and large ones, dividends near 0, near multiples and near 2^31.
+void check_fastdiv() {
+  const ActivationInfo info{Layout::NCHW, 0, 0, 0};
+  const int V = 1, sms = 0;
+  std::vector<uint32_t> divisors;
+  for (uint32_t d = 1; d <= 4096; ++d) divisors.push_back(d);
+  for (int k = 12; k < 31; ++k) {
+    for (int64_t e = -3; e <= 3; ++e) divisors.push_back(static_cast<uint32_t>((int64_t(1) << k) + e));
+  }
+  divisors.push_back(2147483647u);
+  uint64_t lcg = 12345;
+  for (uint32_t d : divisors) {
+    const FastDiv f(d);
+    auto one = [&](uint32_t x) {
+      const FastDiv::DivMod q = f.divmod(x);
+      CHECK(q.div == x / d && q.mod == x % d, "FastDiv(" + std::to_string(d) + ") of " + std::to_string(x));
+    };
+    for (uint32_t x = 0; x < 600; ++x) one(x);
+    for (uint32_t m = 1; m < 64; ++m) {
+      const uint64_t base = uint64_t(d) * m * 997;
+      for (int64_t e = -1; e <= 1; ++e) {
+        const int64_t x = static_cast<int64_t>(base) + e;
+        if (x >= 0 && x < (int64_t(1) << 31)) one(static_cast<uint32_t>(x));
+      }
+    }
+    for (uint32_t x = 2147483647u - 300; x <= 2147483647u - 1; ++x) one(x);
+    for (int i = 0; i < 200; ++i) {
+      lcg = lcg * 6364136223846793005ull + 1442695040888963407ull;
+      one(static_cast<uint32_t>(lcg >> 33));  // < 2^31
+    }
+  }
+}
+
+// Stage 2: every (n, s) partial of a channel merged exactly once, by a lane of sample n's
+// group, each sample's group P rows of one pass whose lane 0 writes the sample; P a power of
+// two dividing 32; one pass when N < 32; P = 1 (the plain per-sample loop) when N >= 32.
+void check_finalize_lanes() {
+  const ActivationInfo info{Layout::NCHW, 0, 0, 0};
+  const int V = 1, sms = 0;
+  const int64_t Ns[] = {1, 2, 3, 5, 7, 8, 16, 31, 32, 33, 64, 100, 256};
+  for (int64_t N : Ns) {
+    for (int S = 1; S <= 200; S = S < 12 ? S + 1 : S * 2 - 3) {
+      const int log2P = finalize_log2_lanes(N, S);
+      const int P = 1 << log2P;
+      CHECK(P >= 1 && P <= S && P * std::min<int64_t>(N, 32) <= 32, "P bounds");
+      CHECK(finalize_pass(log2P) * P == kFinalizeRows, "passes cover the rows");
+      if (N >= 32) CHECK(P == 1, "P = 1 for N >= 32");
+      std::vector<int> merged(N * S, 0), written(N, 0);
+      int passes = 0;
+      for (int64_t n0 = 0; n0 < N; n0 += finalize_pass(log2P)) {
+        ++passes;
+        for (int ty = 0; ty < kFinalizeRows; ++ty) {
+          const int64_t n = finalize_sample(n0, ty, log2P);
+          const int p = finalize_lane(ty, log2P);
+          CHECK(n >= n0 && n < n0 + finalize_pass(log2P) && p < P && (ty >> log2P) == n - n0, "row -> (sample, lane)");
+          if (n >= N) continue;
+          int last = -1;
+          finalize_segments(S, log2P, p, [&](int s) {
+            CHECK(s > last && s % P == p, "a lane's segments in order, its own residue");
+            last = s;
+            merged[n * S + s] += 1;
+          });
+          if (p == 0) written[n] += 1;
+        }
+      }
+      if (N < 32) CHECK(passes == 1, "one pass when N < 32");
+      for (int64_t i = 0; i < N * S; ++i) CHECK(merged[i] == 1, "every (n, s) partial merged once");
+      for (int64_t n = 0; n < N; ++n) CHECK(written[n] == 1, "every sample written once");
+    }
+  }
+}
+
 }  // namespace
 
 int main() {
+  check_fastdiv();
+  check_finalize_lanes();
   // (N, C, HW): ResNet stage shapes at small batch, 7x7 / 14x14 / 3x3 planes (HW % V != 0),
   // one-element planes, channel counts that are not multiples of V or of a warp (33, 264),
   // long rows, and N = 1 (many segments).
