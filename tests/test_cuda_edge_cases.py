@@ -221,20 +221,10 @@ def _run_fused(fn, args, kwargs, training, grad=True):
     return out.detach(), grads, (args[3], args[4])
 
 
-# Found by these tests (the ops layer, resnet_fast/ops, not the kernels): an empty batch fails
-# in scale_shift_act (bn_finalize returns (C,) tables for n = 0, scale_shift_act wants (0, C)),
-# and an empty plane in training sets the running statistics to NaN where eager leaves them
-# unchanged. Strict: remove the mark with the fix.
-_EMPTY_BATCH_BUG = pytest.mark.xfail(strict=True, reason="ops layer: N = 0 passes (C,) tables to scale_shift_act")
-_EMPTY_PLANE_BUG = pytest.mark.xfail(strict=True, reason="ops layer: H*W = 0 in training makes running stats NaN; "
-                                                         "eager leaves them unchanged")
-
-
 @pytest.mark.parametrize("backend_name", ALL_BACKENDS)
 @pytest.mark.parametrize("shape,training", [
-    ((2, 0, 3, 3), True), ((2, 0, 3, 3), False), ((2, 4, 0, 5), False),
-    pytest.param((2, 4, 0, 5), True, marks=_EMPTY_PLANE_BUG),
-    pytest.param((0, 4, 3, 3), True, marks=_EMPTY_BATCH_BUG), pytest.param((0, 4, 3, 3), False, marks=_EMPTY_BATCH_BUG),
+    ((2, 0, 3, 3), True), ((2, 0, 3, 3), False), ((2, 4, 0, 5), False), ((2, 4, 0, 5), True),
+    ((0, 4, 3, 3), True), ((0, 4, 3, 3), False),
 ])
 def test_empty_fused_ops(backend_name, shape, training):
     """bn_relu / bn_add_relu on empty inputs behave like eager: the same empty outputs and

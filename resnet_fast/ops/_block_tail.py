@@ -23,7 +23,7 @@ from typing import Optional
 import torch
 
 from .. import backend
-from . import _bn, _double_backward
+from . import _bn, _double_backward, reference
 from ._autocast import autocast_disabled
 from ._function import FusedFunction
 
@@ -192,6 +192,11 @@ def call(op_name: str, function, y: Tensor, bn: tuple, identity: Tensor, identit
     if has_id_bn:
         _bn.check_batch_norm(op_name, identity, _bn.BNParams(id_weight, id_bias, id_running_mean, id_running_var),
                              use_batch_stats, prefix="identity_bn ")
+    if _bn.empty_activation(y):
+        se = extra if op_name == "squeeze_excite" else ()
+        return getattr(reference, op_name)(y, weight, bias, running_mean, running_var, *se, identity,
+                                           training=training, momentum=momentum, eps=eps, relu=relu,
+                                           num_batches_tracked=num_batches_tracked, identity_bn=identity_bn)
     y = _bn.standard_layout(y)
     identity = _bn.match_layout(identity, y)
     config = (has_id_bn, use_batch_stats, eps, relu, group_name)

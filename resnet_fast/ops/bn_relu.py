@@ -13,7 +13,7 @@ from typing import Optional
 import torch
 
 from .. import backend
-from . import _bn, _double_backward
+from . import _bn, _double_backward, reference
 from ._autocast import autocast_disabled
 from ._function import FusedFunction
 
@@ -81,6 +81,9 @@ def bn_relu(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], running
     use_batch_stats = training or running_mean is None
     params = _bn.BNParams(weight, bias, running_mean, running_var)
     _bn.check_batch_norm("bn_relu", x, params, use_batch_stats)
+    if _bn.empty_activation(x):
+        return reference.bn_relu(x, weight, bias, running_mean, running_var, training=training, momentum=momentum,
+                                 eps=eps, relu=relu, num_batches_tracked=num_batches_tracked)
     with autocast_disabled(x):
         out, mean, var_update, *_ = BnReluFunction.call(_bn.standard_layout(x), weight, bias, running_mean,
                                                         running_var, (use_batch_stats, eps, relu, group_name))
