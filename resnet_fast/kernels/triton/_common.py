@@ -27,6 +27,11 @@ _wrap_triton = getattr(torch.library, "wrap_triton", None)
 
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
+# A seam for benchmarks/triton_host_time.py only: CPU tensors stand in for CUDA tensors (accepted, and
+# planned with the GPU's tiles and splits) while that benchmark stubs the compiled kernels' launcher out,
+# to time the host path on a machine without a GPU. Never set otherwise: nothing would run.
+CPU_STANDS_IN_FOR_CUDA = False
+
 
 # ----------------------------------------------------------------------------- launch and registration
 def launch(kernel):
@@ -76,6 +81,12 @@ def relu_grad(grad, y, r, scale, shift, res_scale, res_shift, HAS_RES: tl.conste
 
 
 # ----------------------------------------------------------------------------- checks and layout
+def check_device(op: str, t: Tensor) -> None:
+    """CUDA tensors, or CPU tensors under the interpreter."""
+    if not (t.is_cuda or INTERPRETED or CPU_STANDS_IN_FOR_CUDA):
+        raise RuntimeError(f"{op} (triton): CPU tensors need TRITON_INTERPRET=1")
+
+
 def check_activation(op: str, name: str, t: Tensor, like: Tensor | None = None) -> None:
     torch._check(t.dim() == 4, lambda: f"{op}: expected {name} to be 4-D (N, C, H, W), got shape {tuple(t.shape)}")
     torch._check(t.dtype in SUPPORTED_DTYPES,
@@ -151,7 +162,7 @@ def hw_split(y: Tensor, block_c: int) -> tuple[int, int]:
     merge and a short last split.
     """
     n, c, hw = y.shape[0], y.shape[1], y.shape[2] * y.shape[3]
-    if INTERPRETED or not y.is_cuda:
+    if INTERPRETED or not (y.is_cuda or CPU_STANDS_IN_FOR_CUDA):
         align, programs = 8, 1 << 30
     else:
         align, programs = 256, TARGET_PROGRAMS

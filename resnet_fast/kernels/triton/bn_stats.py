@@ -19,9 +19,9 @@ import triton
 import triton.language as tl
 
 from ...ops import primitives
-from . import _tiles
-from ._common import (INTERPRETED, Tensor, acc_dtype, channels_contiguous, check_activation, export, hw_split, launch,
-                      merge_block, on_device, plane_strides, standard)
+from . import _launch, _tiles
+from ._common import (Tensor, acc_dtype, channels_contiguous, check_activation, check_device, export, hw_split,
+                      merge_block, plane_strides, standard)
 
 
 @triton.jit
@@ -140,33 +140,58 @@ def _bn_stats_merge_kernel(
     tl.store(var_ptr + cs, run_m2 / (tl.full([], 0.0, ACC) + N * HW), mask=c_mask)
 
 
+_PLANS = _launch.plan_cache()
+
+
+class _Plan(_launch.Plan):
+    """bn_stats's launches for one input signature: stage 1 over (split, channel block, sample), the merge."""
+
+    __slots__ = ("n", "c", "splits", "acc", "partial", "merge")
+
+    def __call__(self, y: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        n, c, acc = self.n, self.c, self.acc
+        mean = y.new_empty((c,), dtype=acc)
+        var = y.new_empty((c,), dtype=acc)
+        sample_mean = y.new_empty((n, c), dtype=acc)
+        part_mean = y.new_empty((n, self.splits, c), dtype=acc)
+        part_m2 = y.new_empty((n, self.splits, c), dtype=acc)
+        with self.guard(y):
+            self.partial(y, part_mean, part_m2)
+            self.merge(part_mean, part_m2, mean, var, sample_mean)
+        return mean, var, sample_mean
+
+
 def bn_stats_launcher(y: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """(mean (C,), biased var (C,), sample_mean (N, C)) of y over (N, H, W), in y's accumulation dtype."""
+    eager = _launch.eager(y)
+    if eager:
+        plan = _PLANS.get(_launch.signature(y))
+        if plan is not None:  # inputs of a signature checked and planned before
+            return plan(y)
     check_activation("bn_stats", "y", y)
-    torch._check(y.is_cuda or INTERPRETED, lambda: "bn_stats (triton): CPU tensors need TRITON_INTERPRET=1")
+    check_device("bn_stats", y)
+    key = _launch.signature(y) if eager else None
     y = standard(y)
     n, c, h, w = y.shape
     if y.numel() == 0:  # empty reductions (NaN means): nothing to launch
         return primitives.bn_stats(y)
     torch._check(n <= 65535, lambda: f"bn_stats (triton): batch {n} exceeds the grid's 65535 limit")
-    acc = acc_dtype(y.dtype)
     channels_last = channels_contiguous(y)
     tile = _tiles.pick("bn_stats_partial", y.dtype, channels_last, {}, c, h * w)
-    splits, hw_per_split = hw_split(y, tile.block_c)
-    mean = y.new_empty((c,), dtype=acc)
-    var = y.new_empty((c,), dtype=acc)
-    sample_mean = y.new_empty((n, c), dtype=acc)
-    part_mean = y.new_empty((n, splits, c), dtype=acc)
-    part_m2 = y.new_empty((n, splits, c), dtype=acc)
     merge = _tiles.pick("bn_stats_merge", y.dtype, channels_last, {}, c, h * w)
-    with on_device(y):
-        launch(_bn_stats_partial_kernel)[(splits, triton.cdiv(c, tile.block_c), n)](
-            y, part_mean, part_m2, c, h * w, hw_per_split, *plane_strides(y),
-            BLOCK_C=tile.block_c, BLOCK_HW=tile.block_hw, num_warps=tile.num_warps)
-        launch(_bn_stats_merge_kernel)[(triton.cdiv(c, merge.block_c),)](
-            part_mean, part_m2, mean, var, sample_mean, n, c, h * w, splits, hw_per_split,
-            BLOCK_N=merge.block_n, BLOCK_S=merge_block(splits), BLOCK_C=merge.block_c, num_warps=merge.num_warps)
-    return mean, var, sample_mean
+    splits, hw_per_split = hw_split(y, tile.block_c)
+    plan = _Plan(y, direct=eager)
+    plan.n, plan.c, plan.splits, plan.acc = n, c, splits, acc_dtype(y.dtype)
+    plan.partial = _launch.KernelLaunch(
+        _bn_stats_partial_kernel, (splits, triton.cdiv(c, tile.block_c), n), (c, h * w, hw_per_split, *plane_strides(y)),
+        dict(BLOCK_C=tile.block_c, BLOCK_HW=tile.block_hw, num_warps=tile.num_warps), traced=not eager)
+    plan.merge = _launch.KernelLaunch(
+        _bn_stats_merge_kernel, (triton.cdiv(c, merge.block_c),), (n, c, h * w, splits, hw_per_split),
+        dict(BLOCK_N=merge.block_n, BLOCK_S=merge_block(splits), BLOCK_C=merge.block_c, num_warps=merge.num_warps),
+        traced=not eager)
+    if eager and key == _launch.signature(y):  # no layout copy: later calls of this signature reuse the plan
+        _launch.remember(_PLANS, key, plan)
+    return plan(y)
 
 
 bn_stats = export("bn_stats", bn_stats_launcher)

@@ -14,9 +14,9 @@ import torch
 import triton
 import triton.language as tl
 
-from . import _tiles
-from ._common import (INTERPRETED, Tensor, channels_contiguous, check_activation, coefficient, export, launch,
-                      on_device, plane_strides, pre_activation, standard)
+from . import _launch, _tiles
+from ._common import (Tensor, channels_contiguous, check_activation, check_device, coefficient, export, plane_strides,
+                      pre_activation, standard)
 
 
 @triton.jit
@@ -78,11 +78,33 @@ def elementwise_grid(n: int, c: int, hw: int, tile: _tiles.Tile) -> tuple[int, i
     return triton.cdiv(hw, tile.block_hw), triton.cdiv(c, tile.block_c), n
 
 
+_PLANS = _launch.plan_cache()
+_sig = _launch.signature
+
+
+class _Plan(_launch.Plan):
+    __slots__ = ("fwd",)
+
+    def __call__(self, y, scale, shift, residual, res_scale, res_shift):
+        out = torch.empty_like(y)
+        with self.guard(y):
+            self.fwd(y, residual if residual is not None else y, out, scale, shift,
+                     res_scale if res_scale is not None else scale, res_shift if res_shift is not None else shift)
+        return out
+
+
 def scale_shift_act_launcher(y: Tensor, scale: Tensor, shift: Tensor, residual: Optional[Tensor],
                             res_scale: Optional[Tensor], res_shift: Optional[Tensor], relu: bool) -> Tensor:
+    eager = _launch.eager(y)
+    if eager:
+        key = (_sig(y), _sig(scale), _sig(shift), _sig(residual), _sig(res_scale), _sig(res_shift), relu)
+        plan = _PLANS.get(key)
+        if plan is not None:  # inputs of a signature checked and planned before
+            return plan(y, scale, shift, residual, res_scale, res_shift)
+    inputs = (y, scale, shift, residual, res_scale, res_shift)
     op = "scale_shift_act"
     check_activation(op, "y", y)
-    torch._check(y.is_cuda or INTERPRETED, lambda: f"{op} (triton): CPU tensors need TRITON_INTERPRET=1")
+    check_device(op, y)
     torch._check((res_scale is None) == (res_shift is None),
                  lambda: f"{op}: res_scale and res_shift must both be given or both None")
     torch._check(res_scale is None or residual is not None, lambda: f"{op}: res_scale given without a residual")
@@ -95,19 +117,20 @@ def scale_shift_act_launcher(y: Tensor, scale: Tensor, shift: Tensor, residual: 
     if residual is not None:
         check_activation(op, "residual", residual, like=y)
         residual = standard(residual)
-    out = torch.empty_like(y)
-    if out.numel() == 0:
-        return out
-    torch._check(out.stride() == y.stride(), lambda: f"{op}: empty_like(y) changed the strides")  # kernel assumes
+    if y.numel() == 0:
+        return torch.empty_like(y)
+    torch._check(torch.empty_like(y).stride() == y.stride(),
+                 lambda: f"{op}: empty_like(y) changed the strides")  # the kernel writes out with y's strides
     flags = dict(HAS_RES=residual is not None, RES_AFFINE=res_scale is not None, RELU=relu)
     tile = _tiles.pick("scale_shift_act", y.dtype, channels_contiguous(y), flags, c, h * w)
-    with on_device(y):
-        launch(_scale_shift_act_fwd_kernel)[elementwise_grid(n, c, h * w, tile)](
-            y, residual if residual is not None else y, out, scale, shift,
-            res_scale if res_scale is not None else scale, res_shift if res_shift is not None else shift,
-            c, h * w, *plane_strides(y), *plane_strides(residual), **flags,
-            BLOCK_C=tile.block_c, BLOCK_HW=tile.block_hw, num_warps=tile.num_warps)
-    return out
+    plan = _Plan(y, direct=eager)
+    plan.fwd = _launch.KernelLaunch(
+        _scale_shift_act_fwd_kernel, elementwise_grid(n, c, h * w, tile),
+        (c, h * w, *plane_strides(y), *plane_strides(residual)),
+        dict(**flags, BLOCK_C=tile.block_c, BLOCK_HW=tile.block_hw, num_warps=tile.num_warps), traced=not eager)
+    if eager and all(a is b for a, b in zip(inputs, (y, scale, shift, residual, res_scale, res_shift))):
+        _launch.remember(_PLANS, key, plan)  # no copy was needed: later calls of this signature reuse the plan
+    return plan(y, scale, shift, residual, res_scale, res_shift)
 
 
 scale_shift_act = export("scale_shift_act", scale_shift_act_launcher)

@@ -35,9 +35,9 @@ import torch
 import triton
 import triton.language as tl
 
-from . import _tiles
-from ._common import (INTERPRETED, Tensor, acc_dtype, channels_contiguous, check_activation, coefficient, export,
-                      hw_split, launch, merge_block, on_device, plane_strides, relu_grad, standard)
+from . import _launch, _tiles
+from ._common import (Tensor, acc_dtype, channels_contiguous, check_activation, check_device, coefficient, export,
+                      hw_split, merge_block, plane_strides, relu_grad, standard)
 from .scale_shift_act import elementwise_grid
 
 
@@ -185,11 +185,49 @@ def _ssa_bwd_reduce_merge_kernel(
         tl.store(sum_g_res_ptr + cs, total_gr, mask=c_mask)
 
 
+_REDUCE_PLANS = _launch.plan_cache()
+_APPLY_PLANS = _launch.plan_cache()
+_sig = _launch.signature
+
+
+class _ReducePlan(_launch.Plan):
+    """The backward reduce's launches for one input signature: stage 1, then the merge."""
+
+    __slots__ = ("n", "c", "splits", "acc", "res_sum", "partial", "merge")
+
+    def __call__(self, grad_out, y, scale, shift, residual, res_scale, res_shift, center, res_center):
+        n, c, acc = self.n, self.c, self.acc
+        sum_g = y.new_empty((n, c), dtype=acc)
+        sum_g_y = y.new_empty((n, c), dtype=acc)
+        part_g = y.new_empty((n, self.splits, c), dtype=acc)
+        part_gy = y.new_empty((n, self.splits, c), dtype=acc)
+        if self.res_sum:
+            sum_g_res = y.new_empty((c,), dtype=acc)
+            part_gr = y.new_empty((n, self.splits, c), dtype=acc)
+        else:  # not written: stand-ins for the absent pointers
+            sum_g_res = y.new_empty((0,), dtype=acc)
+            part_gr, res_center = part_g, center
+        with self.guard(y):
+            self.partial(grad_out, y, residual if residual is not None else y, scale, shift,
+                         res_scale if res_scale is not None else scale, res_shift if res_shift is not None else shift,
+                         center, res_center, part_g, part_gy, part_gr)
+            self.merge(part_g, part_gy, part_gr, sum_g, sum_g_y, sum_g_res if self.res_sum else sum_g)
+        return sum_g, sum_g_y, sum_g_res
+
+
 def scale_shift_act_backward_reduce_launcher(
         grad_out: Tensor, y: Tensor, scale: Tensor, shift: Tensor, residual: Optional[Tensor],
         res_scale: Optional[Tensor], res_shift: Optional[Tensor], relu: bool, center: Tensor,
         res_center: Optional[Tensor]) -> tuple[Tensor, Tensor, Tensor]:
     """(sum_g (N, C), sum_g_y (N, C), sum_g_res (C,) or empty), see the module docstring."""
+    eager = _launch.eager(y)
+    if eager:
+        key = (_sig(grad_out), _sig(y), _sig(scale), _sig(shift), _sig(residual), _sig(res_scale), _sig(res_shift),
+               relu, _sig(center), _sig(res_center))
+        plan = _REDUCE_PLANS.get(key)
+        if plan is not None:  # inputs of a signature checked and planned before
+            return plan(grad_out, y, scale, shift, residual, res_scale, res_shift, center, res_center)
+    inputs = (grad_out, y, scale, shift, residual, res_scale, res_shift, center, res_center)
     op = "scale_shift_act_backward_reduce"
     y, grad_out, residual, coefs = _check_inputs(op, grad_out, y, scale, shift, residual, res_scale, res_shift)
     n, c, h, w = y.shape
@@ -197,11 +235,9 @@ def scale_shift_act_backward_reduce_launcher(
     res_center = coefficient(op, "res_center", res_center, (c,), y)
     torch._check(res_center is None or residual is not None, lambda: f"{op}: res_center given without a residual")
     acc = acc_dtype(y.dtype)
-    sum_g = y.new_empty((n, c), dtype=acc)
-    sum_g_y = y.new_empty((n, c), dtype=acc)
-    sum_g_res = y.new_empty((c,) if res_center is not None else (0,), dtype=acc)
     if y.numel() == 0:  # sums over nothing
-        return sum_g.zero_(), sum_g_y.zero_(), sum_g_res.zero_()
+        return (y.new_zeros((n, c), dtype=acc), y.new_zeros((n, c), dtype=acc),
+                y.new_zeros((c,) if res_center is not None else (0,), dtype=acc))
 
     channels_last = channels_contiguous(y)
     flags = dict(HAS_RES=residual is not None, RES_AFFINE=res_scale is not None, RELU=relu,
@@ -209,19 +245,21 @@ def scale_shift_act_backward_reduce_launcher(
     tile = _tiles.pick("ssa_bwd_reduce_partial", y.dtype, channels_last, flags, c, h * w)
     merge = _tiles.pick("ssa_bwd_reduce_merge", y.dtype, channels_last, dict(RES_SUM=flags["RES_SUM"]), c, h * w)
     splits, hw_per_split = hw_split(y, tile.block_c)
-    parts = [y.new_empty((n, splits, c), dtype=acc) for _ in range(3 if res_center is not None else 2)]
-    part_gr = parts[2] if res_center is not None else parts[0]
-    with on_device(y):
-        launch(_ssa_bwd_reduce_partial_kernel)[(splits, triton.cdiv(c, tile.block_c), n)](
-            grad_out, y, residual if residual is not None else y, *coefs,
-            center, res_center if res_center is not None else center, parts[0], parts[1], part_gr,
-            c, h * w, hw_per_split, *plane_strides(y), *plane_strides(grad_out), *plane_strides(residual), **flags,
-            BLOCK_C=tile.block_c, BLOCK_HW=tile.block_hw, num_warps=tile.num_warps)
-        launch(_ssa_bwd_reduce_merge_kernel)[(triton.cdiv(c, merge.block_c),)](
-            parts[0], parts[1], part_gr, sum_g, sum_g_y, sum_g_res if res_center is not None else sum_g,
-            n, c, splits, RES_SUM=res_center is not None, BLOCK_N=merge.block_n, BLOCK_S=merge_block(splits),
-            BLOCK_C=merge.block_c, num_warps=merge.num_warps)
-    return sum_g, sum_g_y, sum_g_res
+    plan = _ReducePlan(y, direct=eager)
+    plan.n, plan.c, plan.splits, plan.acc, plan.res_sum = n, c, splits, acc, res_center is not None
+    plan.partial = _launch.KernelLaunch(
+        _ssa_bwd_reduce_partial_kernel, (splits, triton.cdiv(c, tile.block_c), n),
+        (c, h * w, hw_per_split, *plane_strides(y), *plane_strides(grad_out), *plane_strides(residual)),
+        dict(**flags, BLOCK_C=tile.block_c, BLOCK_HW=tile.block_hw, num_warps=tile.num_warps), traced=not eager)
+    plan.merge = _launch.KernelLaunch(
+        _ssa_bwd_reduce_merge_kernel, (triton.cdiv(c, merge.block_c),), (n, c, splits),
+        dict(RES_SUM=res_center is not None, BLOCK_N=merge.block_n, BLOCK_S=merge_block(splits),
+             BLOCK_C=merge.block_c, num_warps=merge.num_warps), traced=not eager)
+    res_scale, res_shift = (coefs[2], coefs[3]) if res_scale is not None else (None, None)
+    args = (grad_out, y, coefs[0], coefs[1], residual, res_scale, res_shift, center, res_center)
+    if eager and all(a is b for a, b in zip(inputs, args)):
+        _launch.remember(_REDUCE_PLANS, key, plan)  # no copy was needed: later calls of this signature reuse it
+    return plan(*args)
 
 
 # ----------------------------------------------------------------------------- apply
@@ -305,12 +343,42 @@ def _ssa_bwd_apply_kernel(
         tl.store(grad_res_ptr + y_offs, grad_r.to(grad_res_ptr.dtype.element_ty), mask=mask)
 
 
+class _ApplyPlan(_launch.Plan):
+    __slots__ = ("res_grad", "apply")
+
+    def __call__(self, grad_out, y, scale, shift, residual, res_scale, res_shift, k_g, k_0, k_y, center, res_k_g,
+                 res_k_0, res_k_r, res_center):
+        grad_y = torch.empty_like(y)
+        if self.res_grad:
+            grad_res = torch.empty_like(y)
+        else:  # not written: stand-ins for the absent pointers
+            grad_res = y.new_empty((0,))
+            res_k_g = res_k_0 = res_k_r = res_center = k_y
+        with self.guard(y):
+            self.apply(grad_out, y, residual if residual is not None else y, grad_y,
+                       grad_res if self.res_grad else grad_y, scale, shift,
+                       res_scale if res_scale is not None else scale, res_shift if res_shift is not None else shift,
+                       k_g, k_0, k_y, center, res_k_g, res_k_0, res_k_r, res_center)
+        return grad_y, grad_res
+
+
 def scale_shift_act_backward_apply_launcher(
         grad_out: Tensor, y: Tensor, scale: Tensor, shift: Tensor, residual: Optional[Tensor],
         res_scale: Optional[Tensor], res_shift: Optional[Tensor], relu: bool, k_g: Tensor, k_0: Tensor,
         k_y: Tensor, center: Tensor, res_k_g: Optional[Tensor], res_k_0: Optional[Tensor],
         res_k_r: Optional[Tensor], res_center: Optional[Tensor]) -> tuple[Tensor, Tensor]:
     """(grad_y, grad_residual or empty), see the module docstring."""
+    eager = _launch.eager(y)
+    if eager:
+        key = (_sig(grad_out), _sig(y), _sig(scale), _sig(shift), _sig(residual), _sig(res_scale), _sig(res_shift),
+               relu, _sig(k_g), _sig(k_0), _sig(k_y), _sig(center), _sig(res_k_g), _sig(res_k_0), _sig(res_k_r),
+               _sig(res_center))
+        plan = _APPLY_PLANS.get(key)
+        if plan is not None:  # inputs of a signature checked and planned before
+            return plan(grad_out, y, scale, shift, residual, res_scale, res_shift, k_g, k_0, k_y, center, res_k_g,
+                        res_k_0, res_k_r, res_center)
+    inputs = (grad_out, y, scale, shift, residual, res_scale, res_shift, k_g, k_0, k_y, center, res_k_g, res_k_0,
+              res_k_r, res_center)
     op = "scale_shift_act_backward_apply"
     y, grad_out, residual, coefs = _check_inputs(op, grad_out, y, scale, shift, residual, res_scale, res_shift)
     n, c, h, w = y.shape
@@ -324,21 +392,23 @@ def scale_shift_act_backward_apply_launcher(
     torch._check(all((t is not None) == res_grad for t in res_k),
                  lambda: f"{op}: res_k_g, res_k_0, res_k_r and res_center must all be given or all None")
     torch._check(not res_grad or residual is not None, lambda: f"{op}: res_k_g given without a residual")
-    grad_y = torch.empty_like(y)
-    grad_res = torch.empty_like(y) if res_grad else y.new_empty((0,))
     if y.numel() == 0:
-        return grad_y, grad_res
-    torch._check(grad_y.stride() == y.stride(), lambda: f"{op}: empty_like(y) changed the strides")  # kernel assumes
-    res_k = res_k if res_grad else [k_y] * 4
+        return torch.empty_like(y), (torch.empty_like(y) if res_grad else y.new_empty((0,)))
+    torch._check(torch.empty_like(y).stride() == y.stride(),
+                 lambda: f"{op}: empty_like(y) changed the strides")  # the kernel writes with y's strides
     flags = dict(HAS_RES=residual is not None, RES_AFFINE=res_scale is not None, RELU=relu, RES_GRAD=res_grad)
     tile = _tiles.pick("ssa_bwd_apply", y.dtype, channels_contiguous(y), flags, c, h * w)
-    with on_device(y):
-        launch(_ssa_bwd_apply_kernel)[elementwise_grid(n, c, h * w, tile)](
-            grad_out, y, residual if residual is not None else y, grad_y, grad_res if res_grad else grad_y,
-            *coefs, k_g, k_0, k_y, center, *res_k,
-            c, h * w, *plane_strides(y), *plane_strides(grad_out), *plane_strides(residual), **flags,
-            BLOCK_C=tile.block_c, BLOCK_HW=tile.block_hw, num_warps=tile.num_warps)
-    return grad_y, grad_res
+    plan = _ApplyPlan(y, direct=eager)
+    plan.res_grad = res_grad
+    plan.apply = _launch.KernelLaunch(
+        _ssa_bwd_apply_kernel, elementwise_grid(n, c, h * w, tile),
+        (c, h * w, *plane_strides(y), *plane_strides(grad_out), *plane_strides(residual)),
+        dict(**flags, BLOCK_C=tile.block_c, BLOCK_HW=tile.block_hw, num_warps=tile.num_warps), traced=not eager)
+    res_scale, res_shift = (coefs[2], coefs[3]) if res_scale is not None else (None, None)
+    args = (grad_out, y, coefs[0], coefs[1], residual, res_scale, res_shift, k_g, k_0, k_y, center, *res_k)
+    if eager and all(a is b for a, b in zip(inputs, args)):
+        _launch.remember(_APPLY_PLANS, key, plan)  # no copy was needed: later calls of this signature reuse it
+    return plan(*args)
 
 
 def _check_inputs(op, grad_out, y, scale, shift, residual, res_scale, res_shift):
@@ -346,7 +416,7 @@ def _check_inputs(op, grad_out, y, scale, shift, residual, res_scale, res_shift)
     replaced by a present one: the kernels never read them)."""
     check_activation(op, "y", y)
     check_activation(op, "grad_out", grad_out, like=y)
-    torch._check(y.is_cuda or INTERPRETED, lambda: f"{op} (triton): CPU tensors need TRITON_INTERPRET=1")
+    check_device(op, y)
     torch._check((res_scale is None) == (res_shift is None),
                  lambda: f"{op}: res_scale and res_shift must both be given or both None")
     torch._check(res_scale is None or residual is not None, lambda: f"{op}: res_scale given without a residual")
