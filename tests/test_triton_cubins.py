@@ -45,7 +45,8 @@ REDUCE_FLAGS = {
                                for r, a, u, s in itertools.product((0, 1), (0, 1), (0, 1), (0, 1))
                                if r or not (a or s)],
 }
-MERGE_FLAGS = {"bn_stats_merge": [{}], "ssa_bwd_reduce_merge": [dict(RES_SUM=0), dict(RES_SUM=1)]}
+MERGE_FLAGS = {"bn_stats_merge": [{}], "ssa_bwd_reduce_merge": [dict(RES_SUM=0), dict(RES_SUM=1)],
+               "bn_stats_combine": [{}], "ssa_bwd_reduce_combine": [{}]}
 # The per-channel finalize kernels (bn_finalize.py): BLOCK_C channels per program, no tile rule.
 FINALIZE_FLAGS = {"bn_finalize": [dict(HAS_WEIGHT=w, HAS_BIAS=b) for w, b in itertools.product((0, 1), (0, 1))],
                   "bn_backward_finalize": [dict(HAS_WEIGHT=w, USE_BATCH_STATS=u)
@@ -134,6 +135,8 @@ def _compile_all(jobs) -> list[dict]:
         "ssa_bwd_reduce_partial": scale_shift_act_backward._ssa_bwd_reduce_partial_kernel,
         "bn_stats_merge": bn_stats._bn_stats_merge_kernel,
         "ssa_bwd_reduce_merge": scale_shift_act_backward._ssa_bwd_reduce_merge_kernel,
+        "bn_stats_combine": bn_stats._bn_stats_combine_kernel,
+        "ssa_bwd_reduce_combine": scale_shift_act_backward._ssa_bwd_reduce_combine_kernel,
         "bn_finalize": bn_finalize._bn_finalize_kernel,
         "bn_backward_finalize": bn_finalize._bn_backward_finalize_kernel,
     }
@@ -177,9 +180,17 @@ def _compile_all(jobs) -> list[dict]:
             args = (a, a, a, a, a, 256, c, hw, 7, 512)
             constexprs = dict(BLOCK_N=tile.block_n, BLOCK_C=tile.block_c, BLOCK_S=8)
             tensors_in = tensors_out = 0
-        else:  # ssa_bwd_reduce_merge
+        elif kernel == "ssa_bwd_reduce_merge":
             args = (a, a, a, a, a, a, 256, c, 7)
             constexprs = dict(BLOCK_N=tile.block_n, BLOCK_C=tile.block_c, BLOCK_S=8)
+            tensors_in = tensors_out = 0
+        elif kernel == "bn_stats_combine":
+            args = (a, a, a, a, 256, c, hw, 32, 8)
+            constexprs = dict(BLOCK_B=tile.block_n, BLOCK_C=tile.block_c)
+            tensors_in = tensors_out = 0
+        else:  # ssa_bwd_reduce_combine
+            args = (a, a, c, 32)
+            constexprs = dict(BLOCK_B=tile.block_n, BLOCK_C=tile.block_c)
             tensors_in = tensors_out = 0
         name = f"{kernel}/{dtype_name}/{'nhwc' if channels_last else 'nchw'}/{flags}/C={c}/HW={hw}/{tuple(tile)}"
         entry = dict(name=name, kernel=kernel, arch=arch, channels_last=channels_last, tile=list(tile))

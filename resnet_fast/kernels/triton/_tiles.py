@@ -20,8 +20,10 @@ The rule (sizes from the sm_80/sm_90 cubins of tests/test_triton_cubins.py, NOTE
                The smaller fp64 / 2-byte / 32-channel tiles also avoid the 4-8-byte ptxas spills that
                the full cubin sweep (RESNET_FAST_CUBIN_ALL=1) found at 48-80 registers with the larger
                ones (NOTES.md).
-  merge        16 samples x 32 channels x up to 8 splits per step, 4 warps; 4 samples for fp64 (8 spilled
-               24-72 bytes in the bn_stats merge).
+  merge        one program per (32 channels, 8 samples), up to 8 splits per step, 4 warps: 124-128
+               registers fp32 (16 samples took 230-246 when the merge looped over the batch); 2 samples
+               for fp64 (4 spilled 4 bytes in the backward merge on sm_80, 8 spilled 24-72 bytes before).
+  combine      16 sample blocks x 64 channels per step, 4 warps.
 """
 from __future__ import annotations
 
@@ -39,10 +41,12 @@ TABLE_PATH = os.path.join(os.path.dirname(__file__), "tile_table.json")
 ELEMENTWISE_KERNELS = ("scale_shift_act", "ssa_bwd_apply")
 REDUCE_KERNELS = ("bn_stats_partial", "ssa_bwd_reduce_partial")
 MERGE_KERNELS = ("bn_stats_merge", "ssa_bwd_reduce_merge")
+COMBINE_KERNELS = ("bn_stats_combine", "ssa_bwd_reduce_combine")
 
 
 class Tile(NamedTuple):
-    """BLOCK_C x BLOCK_HW tile (BLOCK_N x BLOCK_C for the merges: block_hw is then BLOCK_N) and num_warps."""
+    """BLOCK_C x BLOCK_HW tile (BLOCK_N x BLOCK_C for the merges, BLOCK_B x BLOCK_C for the combines: block_hw
+    is then BLOCK_N / BLOCK_B) and num_warps."""
     block_c: int
     block_hw: int
     num_warps: int
@@ -97,7 +101,11 @@ def rule(kernel: str, dtype: torch.dtype, channels_last: bool, flags: dict, c: i
     if kernel in MERGE_KERNELS:
         if INTERPRETED:
             return Tile(4, 2, 1)
-        return Tile(32, 4 if wide else 16, 4)
+        return Tile(32, 2 if wide else 8, 4)
+    if kernel in COMBINE_KERNELS:
+        if INTERPRETED:
+            return Tile(4, 2, 1)
+        return Tile(64, 16, 4)
     raise ValueError(f"resnet_fast (triton): no tile rule for kernel {kernel!r}")
 
 
@@ -124,4 +132,6 @@ def candidates(kernel: str, dtype: torch.dtype, channels_last: bool) -> list[Til
         return [Tile(2, 256, 4), Tile(4, 256, 8), Tile(8, 128, 4), Tile(16, 64, 4)]
     if kernel in MERGE_KERNELS:
         return [Tile(32, 4, 4), Tile(32, 8, 4), Tile(16, 16, 4)] + ([] if wide else [Tile(32, 16, 4), Tile(64, 8, 4)])
+    if kernel in COMBINE_KERNELS:
+        return [Tile(64, 16, 4), Tile(32, 16, 4), Tile(128, 8, 4)]
     raise ValueError(f"resnet_fast (triton): no candidates for kernel {kernel!r}")

@@ -24,8 +24,9 @@ adds its gate into k_g and its squeeze gradient into k_0; a batch-normalized res
              grad_residual = res_k_g[c] * g + res_k_0[c] + res_k_r[c] * (residual - res_center[c])
 
 Centering on the batch mean keeps sum g * (y - mu) free of cancellation. The reduction
-is split in two stages like bn_stats (partial sums per (n, split of H*W, c), then a
-fixed-order merge): deterministic, no atomics.
+is split in stages like bn_stats (partial sums per (n, split of H*W, c); a merge per
+(block of channels, block of samples) into the per-sample sums; for the residual's sums, a
+combine of the sample blocks in order): deterministic, no atomics.
 """
 from __future__ import annotations
 
@@ -150,39 +151,60 @@ def _ssa_bwd_reduce_merge_kernel(
     part_gr_ptr,  # *ACC (N, S, C): stage 1's sums of g * (residual - res_center) (when RES_SUM)
     sum_g_ptr,  # *ACC (N, C) out
     sum_g_y_ptr,  # *ACC (N, C) out
-    sum_g_res_ptr,  # *ACC (C,) out (when RES_SUM)
+    block_gr_ptr,  # *ACC (NB, C) out: the residual sums of this program's samples (when RES_SUM)
     N,  # samples
     C,  # channels
     NUM_SPLITS,  # S
     RES_SUM: tl.constexpr,  # reduce the residual sums too
-    BLOCK_N: tl.constexpr,  # samples per step
+    BLOCK_N: tl.constexpr,  # samples per program
     BLOCK_S: tl.constexpr,  # splits per step
     BLOCK_C: tl.constexpr,  # channels per program
 ):
-    """Stage 2. Moves (2 + RES_SUM)*N*S*C*sizeof(ACC) bytes in, 2*N*C (+ C) out: small beside stage 1."""
+    """Stage 2, one program per (block of channels, block of BLOCK_N samples): the splits of each sample
+    summed in order. Moves (2 + RES_SUM)*N*S*C*sizeof(ACC) bytes in, 2*N*C (+ NB*C) out."""
     ACC = sum_g_ptr.dtype.element_ty
     cs = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
     c_mask = cs < C
-    total_gr = tl.zeros([BLOCK_C], ACC)
-    for n0 in range(0, N, BLOCK_N):
-        ns = n0 + tl.arange(0, BLOCK_N)
-        n_mask = ns < N
-        sum_g = tl.zeros([BLOCK_N, BLOCK_C], ACC)
-        sum_gy = tl.zeros([BLOCK_N, BLOCK_C], ACC)
-        for s0 in range(0, NUM_SPLITS, BLOCK_S):
-            ss = s0 + tl.arange(0, BLOCK_S)
-            offs = (ns[:, None, None] * NUM_SPLITS + ss[None, :, None]) * C + cs[None, None, :]
-            mask = n_mask[:, None, None] & (ss < NUM_SPLITS)[None, :, None] & c_mask[None, None, :]
-            sum_g += tl.sum(tl.load(part_g_ptr + offs, mask=mask, other=0.0), axis=1)
-            sum_gy += tl.sum(tl.load(part_gy_ptr + offs, mask=mask, other=0.0), axis=1)
-            if RES_SUM:
-                total_gr += tl.sum(tl.sum(tl.load(part_gr_ptr + offs, mask=mask, other=0.0), axis=1), axis=0)
-        out = ns[:, None] * C + cs[None, :]
-        out_mask = n_mask[:, None] & c_mask[None, :]
-        tl.store(sum_g_ptr + out, sum_g, mask=out_mask)
-        tl.store(sum_g_y_ptr + out, sum_gy, mask=out_mask)
+    n_block = tl.program_id(1)
+    ns = n_block * BLOCK_N + tl.arange(0, BLOCK_N)
+    n_mask = ns < N
+    sum_g = tl.zeros([BLOCK_N, BLOCK_C], ACC)
+    sum_gy = tl.zeros([BLOCK_N, BLOCK_C], ACC)
+    block_gr = tl.zeros([BLOCK_C], ACC)
+    for s0 in range(0, NUM_SPLITS, BLOCK_S):
+        ss = s0 + tl.arange(0, BLOCK_S)
+        offs = (ns[:, None, None] * NUM_SPLITS + ss[None, :, None]) * C + cs[None, None, :]
+        mask = n_mask[:, None, None] & (ss < NUM_SPLITS)[None, :, None] & c_mask[None, None, :]
+        sum_g += tl.sum(tl.load(part_g_ptr + offs, mask=mask, other=0.0), axis=1)
+        sum_gy += tl.sum(tl.load(part_gy_ptr + offs, mask=mask, other=0.0), axis=1)
+        if RES_SUM:
+            block_gr += tl.sum(tl.sum(tl.load(part_gr_ptr + offs, mask=mask, other=0.0), axis=1), axis=0)
+    out = ns[:, None] * C + cs[None, :]
+    out_mask = n_mask[:, None] & c_mask[None, :]
+    tl.store(sum_g_ptr + out, sum_g, mask=out_mask)
+    tl.store(sum_g_y_ptr + out, sum_gy, mask=out_mask)
     if RES_SUM:
-        tl.store(sum_g_res_ptr + cs, total_gr, mask=c_mask)
+        tl.store(block_gr_ptr + n_block * C + cs, block_gr, mask=c_mask)
+
+
+@triton.jit
+def _ssa_bwd_reduce_combine_kernel(
+    block_gr_ptr,  # *ACC (NB, C): stage 2's residual sums per sample block
+    sum_g_res_ptr,  # *ACC (C,) out
+    C,  # channels
+    NUM_BLOCKS,  # NB
+    BLOCK_B: tl.constexpr,  # sample blocks summed per step
+    BLOCK_C: tl.constexpr,  # channels per program
+):
+    """Stage 3 (RES_SUM only), one program per block of channels: the sample blocks summed in order."""
+    cs = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
+    c_mask = cs < C
+    total = tl.zeros([BLOCK_C], sum_g_res_ptr.dtype.element_ty)
+    for b0 in range(0, NUM_BLOCKS, BLOCK_B):
+        bs = b0 + tl.arange(0, BLOCK_B)
+        mask = (bs < NUM_BLOCKS)[:, None] & c_mask[None, :]
+        total += tl.sum(tl.load(block_gr_ptr + bs[:, None] * C + cs[None, :], mask=mask, other=0.0), axis=0)
+    tl.store(sum_g_res_ptr + cs, total, mask=c_mask)
 
 
 _REDUCE_PLANS = _launch.plan_cache()
@@ -193,7 +215,7 @@ _sig = _launch.signature
 class _ReducePlan(_launch.Plan):
     """The backward reduce's launches for one input signature: stage 1, then the merge."""
 
-    __slots__ = ("n", "c", "splits", "acc", "res_sum", "partial", "merge")
+    __slots__ = ("n", "c", "splits", "blocks", "acc", "res_sum", "partial", "merge", "combine")
 
     def __call__(self, grad_out, y, scale, shift, residual, res_scale, res_shift, center, res_center):
         n, c, acc = self.n, self.c, self.acc
@@ -204,14 +226,17 @@ class _ReducePlan(_launch.Plan):
         if self.res_sum:
             sum_g_res = y.new_empty((c,), dtype=acc)
             part_gr = y.new_empty((n, self.splits, c), dtype=acc)
+            block_gr = y.new_empty((self.blocks, c), dtype=acc)
         else:  # not written: stand-ins for the absent pointers
             sum_g_res = y.new_empty((0,), dtype=acc)
-            part_gr, res_center = part_g, center
+            part_gr, block_gr, res_center = part_g, sum_g, center
         with self.guard(y):
             self.partial(grad_out, y, residual if residual is not None else y, scale, shift,
                          res_scale if res_scale is not None else scale, res_shift if res_shift is not None else shift,
                          center, res_center, part_g, part_gy, part_gr)
-            self.merge(part_g, part_gy, part_gr, sum_g, sum_g_y, sum_g_res if self.res_sum else sum_g)
+            self.merge(part_g, part_gy, part_gr, sum_g, sum_g_y, block_gr)
+            if self.res_sum:
+                self.combine(block_gr, sum_g_res)
         return sum_g, sum_g_y, sum_g_res
 
 
@@ -244,17 +269,22 @@ def scale_shift_act_backward_reduce_launcher(
                  RES_SUM=res_center is not None)
     tile = _tiles.pick("ssa_bwd_reduce_partial", y.dtype, channels_last, flags, c, h * w)
     merge = _tiles.pick("ssa_bwd_reduce_merge", y.dtype, channels_last, dict(RES_SUM=flags["RES_SUM"]), c, h * w)
+    combine = _tiles.pick("ssa_bwd_reduce_combine", y.dtype, channels_last, {}, c, h * w)
     splits, hw_per_split = hw_split(y, tile.block_c)
+    blocks = triton.cdiv(n, merge.block_n)
     plan = _ReducePlan(y, direct=eager)
-    plan.n, plan.c, plan.splits, plan.acc, plan.res_sum = n, c, splits, acc, res_center is not None
+    plan.n, plan.c, plan.splits, plan.blocks, plan.acc, plan.res_sum = n, c, splits, blocks, acc, res_center is not None
     plan.partial = _launch.KernelLaunch(
         _ssa_bwd_reduce_partial_kernel, (splits, triton.cdiv(c, tile.block_c), n),
         (c, h * w, hw_per_split, *plane_strides(y), *plane_strides(grad_out), *plane_strides(residual)),
         dict(**flags, BLOCK_C=tile.block_c, BLOCK_HW=tile.block_hw, num_warps=tile.num_warps), traced=not eager)
     plan.merge = _launch.KernelLaunch(
-        _ssa_bwd_reduce_merge_kernel, (triton.cdiv(c, merge.block_c),), (n, c, splits),
+        _ssa_bwd_reduce_merge_kernel, (triton.cdiv(c, merge.block_c), blocks), (n, c, splits),
         dict(RES_SUM=res_center is not None, BLOCK_N=merge.block_n, BLOCK_S=merge_block(splits),
              BLOCK_C=merge.block_c, num_warps=merge.num_warps), traced=not eager)
+    plan.combine = _launch.KernelLaunch(
+        _ssa_bwd_reduce_combine_kernel, (triton.cdiv(c, combine.block_c),), (c, blocks),
+        dict(BLOCK_B=combine.block_n, BLOCK_C=combine.block_c, num_warps=combine.num_warps), traced=not eager)
     res_scale, res_shift = (coefs[2], coefs[3]) if res_scale is not None else (None, None)
     args = (grad_out, y, coefs[0], coefs[1], residual, res_scale, res_shift, center, res_center)
     if eager and all(a is b for a, b in zip(inputs, args)):
