@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import math
 import os
 from typing import Callable
 
@@ -137,6 +138,40 @@ def plane_strides(t: Tensor | None) -> tuple[int, int, int]:
     if t is None:
         return 0, 0, 0
     return t.stride(0), t.stride(1), _hw_stride(t)
+
+
+def nchw_vec(y: Tensor, *others: Tensor | None) -> int:
+    """VEC of an NCHW launch: how many elements every plane row is known to be aligned to.
+
+    Triton specializes integer arguments only on divisibility by 16, so an NCHW plane of H*W = 196 or 49
+    positions (196 = 4 * 49) looks unaligned and every activation access is one element wide (2-byte loads
+    for bf16). The launchers pass H*W and the n and c strides divided by VEC and the kernels multiply them
+    back by the constexpr VEC: then Triton knows each row starts on a VEC-element boundary and the masks
+    change only every VEC positions, and emits VEC-element (up to 16-byte) accesses. VEC is the largest
+    power of two dividing H*W and the n, c strides of every operand, at most 16 bytes' worth; 1 for
+    channels_last operands (c is their unit-stride axis) and for odd H*W (7 x 7: 49 is odd, no row of a
+    2-D [channels, positions] tile can be read with vectors; see NOTES.md).
+    """
+    n, c, h, w = y.shape
+    if channels_contiguous(y):
+        return 1
+    common = h * w
+    for t in (y, *others):
+        if t is None:
+            continue
+        stride_n, stride_c, stride_hw = plane_strides(t)
+        if stride_hw != 1:
+            return 1
+        common = math.gcd(common, stride_n, stride_c)
+    if common <= 0:
+        return 1
+    return min(max(1, 16 // y.element_size()), common & -common)
+
+
+def vec_strides(t: Tensor | None, vec: int) -> tuple[int, int, int]:
+    """plane_strides(t) with the n and c strides divided by VEC (see nchw_vec)."""
+    stride_n, stride_c, stride_hw = plane_strides(t)
+    return stride_n // vec, stride_c // vec, stride_hw
 
 
 def channels_contiguous(t: Tensor) -> bool:

@@ -27,7 +27,7 @@ import triton.language as tl
 from ...ops import primitives
 from . import _launch, _tiles
 from ._common import (Tensor, acc_dtype, channels_contiguous, check_activation, check_device, export, hw_split,
-                      merge_block, plane_strides, standard)
+                      merge_block, nchw_vec, standard, vec_strides)
 
 
 @triton.jit
@@ -43,6 +43,7 @@ def _bn_stats_partial_kernel(
     stride_hw,  # y's stride of the collapsed hw = h * W + w
     BLOCK_C: tl.constexpr,  # channels per tile
     BLOCK_HW: tl.constexpr,  # positions per tile
+    VEC: tl.constexpr,  # HW and the n, c strides arrive divided by VEC (NCHW rows VEC-aligned: _common.nchw_vec)
 ):
     """Stage 1. Moves N*C*H*W*sizeof(T) bytes in (each input element once), 2*N*S*C*sizeof(ACC) out.
 
@@ -50,6 +51,7 @@ def _bn_stats_partial_kernel(
     j + BLOCK_HW, ... of the split; the full tiles need no hw mask (16-byte loads along a
     unit-stride hw), the one partial tile at the end is masked.
     """
+    HW, stride_n, stride_c = HW * VEC, stride_n * VEC, stride_c * VEC
     split = tl.program_id(0)
     c_block = tl.program_id(1)
     n = tl.program_id(2)
@@ -229,9 +231,11 @@ def bn_stats_launcher(y: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     blocks = triton.cdiv(n, merge.block_n)
     plan = _Plan(y, direct=eager)
     plan.n, plan.c, plan.splits, plan.blocks, plan.acc = n, c, splits, blocks, acc_dtype(y.dtype)
+    vec = nchw_vec(y)
     plan.partial = _launch.KernelLaunch(
-        _bn_stats_partial_kernel, (splits, triton.cdiv(c, tile.block_c), n), (c, h * w, hw_per_split, *plane_strides(y)),
-        dict(BLOCK_C=tile.block_c, BLOCK_HW=tile.block_hw, num_warps=tile.num_warps), traced=not eager)
+        _bn_stats_partial_kernel, (splits, triton.cdiv(c, tile.block_c), n),
+        (c, h * w // vec, hw_per_split, *vec_strides(y, vec)),
+        dict(BLOCK_C=tile.block_c, BLOCK_HW=tile.block_hw, VEC=vec, num_warps=tile.num_warps), traced=not eager)
     plan.merge = _launch.KernelLaunch(
         _bn_stats_merge_kernel, (triton.cdiv(c, merge.block_c), blocks), (n, c, h * w, splits, hw_per_split),
         dict(BLOCK_N=merge.block_n, BLOCK_S=merge_block(splits), BLOCK_C=merge.block_c, num_warps=merge.num_warps),

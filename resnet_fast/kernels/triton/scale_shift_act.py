@@ -15,8 +15,8 @@ import triton
 import triton.language as tl
 
 from . import _launch, _tiles
-from ._common import (Tensor, channels_contiguous, check_activation, check_device, coefficient, export, plane_strides,
-                      pre_activation, standard)
+from ._common import (Tensor, channels_contiguous, check_activation, check_device, coefficient, export, nchw_vec,
+                      pre_activation, standard, vec_strides)
 
 
 @triton.jit
@@ -41,9 +41,12 @@ def _scale_shift_act_fwd_kernel(
     RELU: tl.constexpr,  # activation: relu, else identity
     BLOCK_C: tl.constexpr,  # channels per tile
     BLOCK_HW: tl.constexpr,  # positions per tile
+    VEC: tl.constexpr,  # HW and the n, c strides arrive divided by VEC (NCHW rows VEC-aligned: _common.nchw_vec)
 ):
     """Moves (2 + HAS_RES) * N*C*H*W*sizeof(T) bytes (read y [+ residual], write out), plus
     2*N*C + 2*C coefficients of sizeof(ACC), read once per tile and served by the caches."""
+    HW, stride_yn, stride_yc = HW * VEC, stride_yn * VEC, stride_yc * VEC
+    stride_rn, stride_rc = stride_rn * VEC, stride_rc * VEC
     hw_block = tl.program_id(0)
     c_block = tl.program_id(1)
     n = tl.program_id(2)
@@ -123,11 +126,13 @@ def scale_shift_act_launcher(y: Tensor, scale: Tensor, shift: Tensor, residual: 
                  lambda: f"{op}: empty_like(y) changed the strides")  # the kernel writes out with y's strides
     flags = dict(HAS_RES=residual is not None, RES_AFFINE=res_scale is not None, RELU=relu)
     tile = _tiles.pick("scale_shift_act", y.dtype, channels_contiguous(y), flags, c, h * w)
+    vec = nchw_vec(y, residual)
     plan = _Plan(y, direct=eager)
     plan.fwd = _launch.KernelLaunch(
         _scale_shift_act_fwd_kernel, elementwise_grid(n, c, h * w, tile),
-        (c, h * w, *plane_strides(y), *plane_strides(residual)),
-        dict(**flags, BLOCK_C=tile.block_c, BLOCK_HW=tile.block_hw, num_warps=tile.num_warps), traced=not eager)
+        (c, h * w // vec, *vec_strides(y, vec), *vec_strides(residual, vec)),
+        dict(**flags, BLOCK_C=tile.block_c, BLOCK_HW=tile.block_hw, VEC=vec, num_warps=tile.num_warps),
+        traced=not eager)
     if eager and all(a is b for a, b in zip(inputs, (y, scale, shift, residual, res_scale, res_shift))):
         _launch.remember(_PLANS, key, plan)  # no copy was needed: later calls of this signature reuse the plan
     return plan(y, scale, shift, residual, res_scale, res_shift)

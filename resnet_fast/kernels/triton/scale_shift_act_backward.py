@@ -38,7 +38,7 @@ import triton.language as tl
 
 from . import _launch, _tiles
 from ._common import (Tensor, acc_dtype, channels_contiguous, check_activation, check_device, coefficient, export,
-                      hw_split, merge_block, plane_strides, relu_grad, standard)
+                      hw_split, merge_block, nchw_vec, relu_grad, standard, vec_strides)
 from .scale_shift_act import elementwise_grid
 
 
@@ -93,9 +93,12 @@ def _ssa_bwd_reduce_partial_kernel(
     RES_SUM: tl.constexpr,  # compute the residual sum (res_center given)
     BLOCK_C: tl.constexpr,  # channels per tile
     BLOCK_HW: tl.constexpr,  # positions per tile
+    VEC: tl.constexpr,  # HW and the n, c strides arrive divided by VEC (NCHW rows VEC-aligned: _common.nchw_vec)
 ):
     """Stage 1. Moves (2 + READ_RES) * N*C*H*W*sizeof(T) bytes in (dout, y [, residual], each element
     once; READ_RES = HAS_RES and (RELU or RES_SUM)), (2 + RES_SUM)*N*S*C*sizeof(ACC) out."""
+    HW, stride_yn, stride_yc = HW * VEC, stride_yn * VEC, stride_yc * VEC
+    stride_gn, stride_gc, stride_rn, stride_rc = stride_gn * VEC, stride_gc * VEC, stride_rn * VEC, stride_rc * VEC
     split = tl.program_id(0)
     c_block = tl.program_id(1)
     n = tl.program_id(2).to(tl.int64)
@@ -274,10 +277,12 @@ def scale_shift_act_backward_reduce_launcher(
     blocks = triton.cdiv(n, merge.block_n)
     plan = _ReducePlan(y, direct=eager)
     plan.n, plan.c, plan.splits, plan.blocks, plan.acc, plan.res_sum = n, c, splits, blocks, acc, res_center is not None
+    vec = nchw_vec(y, grad_out, residual)
     plan.partial = _launch.KernelLaunch(
         _ssa_bwd_reduce_partial_kernel, (splits, triton.cdiv(c, tile.block_c), n),
-        (c, h * w, hw_per_split, *plane_strides(y), *plane_strides(grad_out), *plane_strides(residual)),
-        dict(**flags, BLOCK_C=tile.block_c, BLOCK_HW=tile.block_hw, num_warps=tile.num_warps), traced=not eager)
+        (c, h * w // vec, hw_per_split, *vec_strides(y, vec), *vec_strides(grad_out, vec), *vec_strides(residual, vec)),
+        dict(**flags, BLOCK_C=tile.block_c, BLOCK_HW=tile.block_hw, VEC=vec, num_warps=tile.num_warps),
+        traced=not eager)
     plan.merge = _launch.KernelLaunch(
         _ssa_bwd_reduce_merge_kernel, (triton.cdiv(c, merge.block_c), blocks), (n, c, splits),
         dict(RES_SUM=res_center is not None, BLOCK_N=merge.block_n, BLOCK_S=merge_block(splits),
@@ -329,9 +334,12 @@ def _ssa_bwd_apply_kernel(
     RES_GRAD: tl.constexpr,  # write the residual's gradient (res_k_g given)
     BLOCK_C: tl.constexpr,  # channels per tile
     BLOCK_HW: tl.constexpr,  # positions per tile
+    VEC: tl.constexpr,  # HW and the n, c strides arrive divided by VEC (NCHW rows VEC-aligned: _common.nchw_vec)
 ):
     """Moves (3 + READ_RES + RES_GRAD) * N*C*H*W*sizeof(T) bytes: reads dout, y [, residual], writes dy
     [, d residual]; READ_RES = HAS_RES and (RELU or RES_GRAD). Coefficients come from the caches."""
+    HW, stride_yn, stride_yc = HW * VEC, stride_yn * VEC, stride_yc * VEC
+    stride_gn, stride_gc, stride_rn, stride_rc = stride_gn * VEC, stride_gc * VEC, stride_rn * VEC, stride_rc * VEC
     hw_block = tl.program_id(0)
     c_block = tl.program_id(1)
     n = tl.program_id(2)
@@ -430,10 +438,12 @@ def scale_shift_act_backward_apply_launcher(
     tile = _tiles.pick("ssa_bwd_apply", y.dtype, channels_contiguous(y), flags, c, h * w)
     plan = _ApplyPlan(y, direct=eager)
     plan.res_grad = res_grad
+    vec = nchw_vec(y, grad_out, residual)
     plan.apply = _launch.KernelLaunch(
         _ssa_bwd_apply_kernel, elementwise_grid(n, c, h * w, tile),
-        (c, h * w, *plane_strides(y), *plane_strides(grad_out), *plane_strides(residual)),
-        dict(**flags, BLOCK_C=tile.block_c, BLOCK_HW=tile.block_hw, num_warps=tile.num_warps), traced=not eager)
+        (c, h * w // vec, *vec_strides(y, vec), *vec_strides(grad_out, vec), *vec_strides(residual, vec)),
+        dict(**flags, BLOCK_C=tile.block_c, BLOCK_HW=tile.block_hw, VEC=vec, num_warps=tile.num_warps),
+        traced=not eager)
     res_scale, res_shift = (coefs[2], coefs[3]) if res_scale is not None else (None, None)
     args = (grad_out, y, coefs[0], coefs[1], residual, res_scale, res_shift, k_g, k_0, k_y, center, *res_k)
     if eager and all(a is b for a, b in zip(inputs, args)):
