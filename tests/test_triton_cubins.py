@@ -158,8 +158,9 @@ def _compile_all(jobs) -> list[dict]:
         tile = _tiles.pick(kernel, dtype, channels_last, flags, c, hw)
         # NCHW: H*W and the n, c strides go in divided by VEC (the launchers' _common.nchw_vec)
         vec = 1 if channels_last else min(16 // dtype.itemsize, hw & -hw)
-        key = (kernel, dtype_name, channels_last, tuple(sorted(flags.items())), tuple(tile), vec, arch)
-        if key in seen:  # another shape with the same tile: the same kernel (C, HW only specialize as % 16)
+        key = (kernel, dtype_name, channels_last, tuple(sorted(flags.items())), tuple(tile), vec, hw % (16 * vec) == 0,
+               arch)
+        if key in seen:  # another shape with the same tile: the same kernel (C, HW // VEC only specialize as % 16)
             continue
         seen.add(key)
         t = torch.empty(64, dtype=dtype)  # 64-byte aligned storage: like the GPU's 256-byte aligned allocations
@@ -179,6 +180,7 @@ def _compile_all(jobs) -> list[dict]:
             tensors_in, tensors_out = 1, 0
         elif kernel == "ssa_bwd_reduce_partial":
             args = (t, t, t, *[a] * 9, c, hw // vec, 256, *strides, *strides, *strides)
+            constexprs["STAGES"] = tile.num_stages
             tensors_in, tensors_out = 2 + (flags["HAS_RES"] and (flags["RELU"] or flags["RES_SUM"])), 0
         elif kernel == "bn_stats_merge":
             args = (a, a, a, a, a, 256, c, hw, 7, 512)

@@ -17,6 +17,11 @@ The rule (sizes from the sm_80/sm_90 cubins of tests/test_triton_cubins.py, NOTE
                (16 per thread), 64 x 16 for fp64 (the fp64 backward reduce spilled 264-552 bytes at
                64 x 32 on sm_90); NCHW BLOCK_HW = next_pow2(H*W) in [64, 256], 1024-element tiles
                (512 for 2-byte dtypes, 256 for fp64).
+               The backward reduce that streams the residual too (3 tensors, 3 accumulators, 6 per-channel
+               coefficients) takes half the tile: channels_last 64 x 16 (64 x 8 fp64) with its loop
+               software-pipelined two deep (the next tile's loads go to shared memory by cp.async
+               while this one is summed: 6-24 KB of shared memory), 93-120 registers instead of
+               164-168 (212 fp64 on sm_80); NCHW fp32 512-element tiles, 47-80 instead of 163-168 at 7 x 7.
                The smaller fp64 / 2-byte / 32-channel tiles also avoid the 4-8-byte ptxas spills that
                the full cubin sweep (RESNET_FAST_CUBIN_ALL=1) found at 48-80 registers with the larger
                ones (NOTES.md).
@@ -46,10 +51,12 @@ COMBINE_KERNELS = ("bn_stats_combine", "ssa_bwd_reduce_combine")
 
 class Tile(NamedTuple):
     """BLOCK_C x BLOCK_HW tile (BLOCK_N x BLOCK_C for the merges, BLOCK_B x BLOCK_C for the combines: block_hw
-    is then BLOCK_N / BLOCK_B) and num_warps."""
+    is then BLOCK_N / BLOCK_B), num_warps, and the software-pipelining depth of the backward reduce's
+    stage-1 loop (STAGES of ``tl.range``; 1: none; the other kernels ignore it)."""
     block_c: int
     block_hw: int
     num_warps: int
+    num_stages: int = 1
 
     @property
     def block_n(self) -> int:
@@ -79,6 +86,11 @@ def _pow2_clamp(x: int, lo: int, hi: int) -> int:
     return max(lo, min(hi, triton.next_power_of_2(max(1, x))))
 
 
+def _streams_residual(flags: dict) -> bool:
+    """The backward reduce reads a third activation tensor (the residual, for the relu mask or its sums)."""
+    return bool(flags.get("HAS_RES") and (flags.get("RELU") or flags.get("RES_SUM")))
+
+
 def rule(kernel: str, dtype: torch.dtype, channels_last: bool, flags: dict, c: int, hw: int) -> Tile:
     """The rule's tile for a kernel (see the module docstring); tiny tiles under the interpreter, so that the
     test shapes still have several blocks, masked tails and multi-split merges."""
@@ -93,11 +105,17 @@ def rule(kernel: str, dtype: torch.dtype, channels_last: bool, flags: dict, c: i
         return Tile(max(1, 1024 // block_hw), block_hw, 4)
     if kernel in REDUCE_KERNELS:
         if INTERPRETED:
-            return Tile(8, 4, 1)
+            return Tile(8, 4, 1, 2 if _streams_residual(flags) else 1)
+        heavy = _streams_residual(flags)
         if channels_last:
+            if heavy:
+                return Tile(64, 8 if wide else 16, 4, 2)
             return Tile(64, 16 if wide else 32, 4)
         block_hw = _pow2_clamp(hw, 64, 256)
-        return Tile(max(1, (256 if wide else 512 if dtype.itemsize == 2 else 1024) // block_hw), block_hw, 4)
+        # fp32 with the residual: half the elements (the 2-byte and fp64 tiles are small already: halving them
+        # would narrow their accesses)
+        elements = (256 if wide else 512 if dtype.itemsize == 2 else 512 if heavy else 1024)
+        return Tile(max(1, elements // block_hw), block_hw, 4)
     if kernel in MERGE_KERNELS:
         if INTERPRETED:
             return Tile(4, 2, 1)

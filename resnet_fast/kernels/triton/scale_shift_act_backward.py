@@ -94,6 +94,7 @@ def _ssa_bwd_reduce_partial_kernel(
     BLOCK_C: tl.constexpr,  # channels per tile
     BLOCK_HW: tl.constexpr,  # positions per tile
     VEC: tl.constexpr,  # HW and the n, c strides arrive divided by VEC (NCHW rows VEC-aligned: _common.nchw_vec)
+    STAGES: tl.constexpr,  # software-pipelining depth of the loop over full tiles (1: none; _tiles.rule)
 ):
     """Stage 1. Moves (2 + READ_RES) * N*C*H*W*sizeof(T) bytes in (dout, y [, residual], each element
     once; READ_RES = HAS_RES and (RELU or RES_SUM)), (2 + RES_SUM)*N*S*C*sizeof(ACC) out."""
@@ -129,7 +130,7 @@ def _ssa_bwd_reduce_partial_kernel(
     acc_g = tl.zeros([BLOCK_C, BLOCK_HW], ACC)
     acc_gy = tl.zeros([BLOCK_C, BLOCK_HW], ACC)
     acc_gr = tl.zeros([BLOCK_C, BLOCK_HW], ACC)
-    for _ in range(0, full_tiles):  # no hw mask: 16-byte loads along a unit-stride hw
+    for _ in tl.range(0, full_tiles, num_stages=STAGES):  # no hw mask: 16-byte loads along a unit-stride hw
         acc_g, acc_gy, acc_gr = _reduce_tile(acc_g, acc_gy, acc_gr, grad_ptrs, y_ptrs, r_ptrs, c_mask[:, None],
                                              scale, shift, res_scale, res_shift, center, res_center,
                                              HAS_RES, RES_AFFINE, RELU, RES_SUM)
@@ -281,8 +282,8 @@ def scale_shift_act_backward_reduce_launcher(
     plan.partial = _launch.KernelLaunch(
         _ssa_bwd_reduce_partial_kernel, (splits, triton.cdiv(c, tile.block_c), n),
         (c, h * w // vec, hw_per_split, *vec_strides(y, vec), *vec_strides(grad_out, vec), *vec_strides(residual, vec)),
-        dict(**flags, BLOCK_C=tile.block_c, BLOCK_HW=tile.block_hw, VEC=vec, num_warps=tile.num_warps),
-        traced=not eager)
+        dict(**flags, BLOCK_C=tile.block_c, BLOCK_HW=tile.block_hw, VEC=vec, STAGES=tile.num_stages,
+             num_warps=tile.num_warps), traced=not eager)
     plan.merge = _launch.KernelLaunch(
         _ssa_bwd_reduce_merge_kernel, (triton.cdiv(c, merge.block_c), blocks), (n, c, splits),
         dict(RES_SUM=res_center is not None, BLOCK_N=merge.block_n, BLOCK_S=merge_block(splits),
