@@ -82,6 +82,13 @@ def relu_grad(grad, y, r, scale, shift, res_scale, res_shift, HAS_RES: tl.conste
 
 
 # ----------------------------------------------------------------------------- checks and layout
+def require(ok: bool, message: Callable[[], str]) -> None:
+    """``torch._check``'s contract (a RuntimeError with the message, built only on failure) in plain Python,
+    which Dynamo traces: under torch.compile ``torch._check`` rejects message closures over tensors."""
+    if not ok:
+        raise RuntimeError(message())
+
+
 def check_device(op: str, t: Tensor) -> None:
     """CUDA tensors, or CPU tensors under the interpreter."""
     if not (t.is_cuda or INTERPRETED or CPU_STANDS_IN_FOR_CUDA):
@@ -89,14 +96,14 @@ def check_device(op: str, t: Tensor) -> None:
 
 
 def check_activation(op: str, name: str, t: Tensor, like: Tensor | None = None) -> None:
-    torch._check(t.dim() == 4, lambda: f"{op}: expected {name} to be 4-D (N, C, H, W), got shape {tuple(t.shape)}")
-    torch._check(t.dtype in SUPPORTED_DTYPES,
+    require(t.dim() == 4, lambda: f"{op}: expected {name} to be 4-D (N, C, H, W), got shape {tuple(t.shape)}")
+    require(t.dtype in SUPPORTED_DTYPES,
                  lambda: f"{op}: {name} must be float16, bfloat16, float32 or float64, got {t.dtype}")
     if like is not None:
-        torch._check(t.shape == like.shape,
+        require(t.shape == like.shape,
                      lambda: f"{op}: {name} has shape {tuple(t.shape)}, expected {tuple(like.shape)} (y's)")
-        torch._check(t.dtype == like.dtype, lambda: f"{op}: {name} has dtype {t.dtype}, expected {like.dtype} (y's)")
-        torch._check(t.device == like.device, lambda: f"{op}: {name} is on {t.device}, y on {like.device}")
+        require(t.dtype == like.dtype, lambda: f"{op}: {name} has dtype {t.dtype}, expected {like.dtype} (y's)")
+        require(t.device == like.device, lambda: f"{op}: {name} is on {t.device}, y on {like.device}")
 
 
 def acc_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -107,8 +114,8 @@ def coefficient(op: str, name: str, t: Tensor | None, shape: tuple[int, ...], y:
     """A per-channel / per-(n, c) coefficient as a contiguous tensor in y's accumulation dtype."""
     if t is None:
         return None
-    torch._check(tuple(t.shape) == shape, lambda: f"{op}: expected {name} of shape {shape}, got {tuple(t.shape)}")
-    torch._check(t.device == y.device, lambda: f"{op}: {name} is on {t.device}, y on {y.device}")
+    require(tuple(t.shape) == shape, lambda: f"{op}: expected {name} of shape {shape}, got {tuple(t.shape)}")
+    require(t.device == y.device, lambda: f"{op}: {name} is on {t.device}, y on {y.device}")
     return t.to(acc_dtype(y.dtype)).contiguous()  # no copy when already so (the contract)
 
 

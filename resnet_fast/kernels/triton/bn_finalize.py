@@ -16,7 +16,7 @@ import triton
 import triton.language as tl
 
 from . import _launch
-from ._common import INTERPRETED, check_device
+from ._common import INTERPRETED, check_device, require
 
 Tensor = torch.Tensor
 
@@ -155,28 +155,28 @@ def _block_c(c: int) -> int:
 def _per_channel(op: str, name: str, t: Optional[Tensor], c: int, like: Tensor, *, floating_any=False):
     if t is None:
         return None
-    torch._check(t.dim() == 1 and t.shape[0] == c, lambda: f"{op}: expected {name} of shape ({c},), "
+    require(t.dim() == 1 and t.shape[0] == c, lambda: f"{op}: expected {name} of shape ({c},), "
                                                            f"got {tuple(t.shape)}")
-    torch._check(t.device == like.device, lambda: f"{op}: {name} is on {t.device}, expected {like.device}")
-    torch._check(t.is_floating_point(), lambda: f"{op}: {name} must be floating point, got {t.dtype}")
+    require(t.device == like.device, lambda: f"{op}: {name} is on {t.device}, expected {like.device}")
+    require(t.is_floating_point(), lambda: f"{op}: {name} must be floating point, got {t.dtype}")
     if not floating_any:
-        torch._check(t.dtype == like.dtype, lambda: f"{op}: {name} must be {like.dtype}, got {t.dtype}")
+        require(t.dtype == like.dtype, lambda: f"{op}: {name} must be {like.dtype}, got {t.dtype}")
     return t.contiguous()
 
 
 def _sums(op: str, name: str, t: Tensor, c: int, like: Tensor) -> tuple[Tensor, int]:
     """A gradient sum as (contiguous tensor, rows): (N, C) per-sample sums or (C,) totals (rows 0)."""
-    torch._check(t.dim() in (1, 2) and t.shape[-1] == c,
+    require(t.dim() in (1, 2) and t.shape[-1] == c,
                  lambda: f"{op}: expected {name} of shape (N, {c}) or ({c},), got {tuple(t.shape)}")
-    torch._check(t.dtype == like.dtype and t.device == like.device,
+    require(t.dtype == like.dtype and t.device == like.device,
                  lambda: f"{op}: {name} must be {like.dtype} on {like.device}, got {t.dtype} on {t.device}")
-    torch._check(t.dim() == 1 or t.shape[0] > 0, lambda: f"{op}: {name} has no samples")
+    require(t.dim() == 1 or t.shape[0] > 0, lambda: f"{op}: {name} has no samples")
     return t.contiguous(), (t.shape[0] if t.dim() == 2 else 0)
 
 
 def _check_device(op: str, t: Tensor) -> None:
     check_device(op, t)
-    torch._check(t.dtype in (torch.float32, torch.float64),
+    require(t.dtype in (torch.float32, torch.float64),
                  lambda: f"{op}: statistics must be float32 or float64, got {t.dtype}")
 
 
@@ -212,12 +212,12 @@ def bn_finalize(mean: Tensor, var: Tensor, weight: Optional[Tensor], bias: Optio
     inputs = (mean, var, weight, bias)
     op = "bn_finalize"
     _check_device(op, mean)
-    torch._check(mean.dim() == 1, lambda: f"{op}: expected mean of shape (C,), got {tuple(mean.shape)}")
+    require(mean.dim() == 1, lambda: f"{op}: expected mean of shape (C,), got {tuple(mean.shape)}")
     c = mean.shape[0]
     var = _per_channel(op, "var", var, c, mean)
     weight = _per_channel(op, "weight", weight, c, mean, floating_any=True)
     bias = _per_channel(op, "bias", bias, c, mean, floating_any=True)
-    torch._check(n >= 0, lambda: f"{op}: n must be >= 0, got {n}")
+    require(n >= 0, lambda: f"{op}: n must be >= 0, got {n}")
     mean = mean.contiguous()
     plan = _Plan(mean, direct=eager)
     plan.table = (n, c) if n > 0 else (c,)
@@ -253,12 +253,12 @@ def bn_backward_finalize(sum_dz: Tensor, sum_dz_y: Tensor, invstd: Tensor, weigh
     inputs = (sum_dz, sum_dz_y, invstd, weight)
     op = "bn_backward_finalize"
     _check_device(op, invstd)
-    torch._check(invstd.dim() == 1, lambda: f"{op}: expected invstd of shape (C,), got {tuple(invstd.shape)}")
+    require(invstd.dim() == 1, lambda: f"{op}: expected invstd of shape (C,), got {tuple(invstd.shape)}")
     c = invstd.shape[0]
     sum_dz, rows_dz = _sums(op, "sum_dz", sum_dz, c, invstd)
     sum_dz_y, rows_dz_y = _sums(op, "sum_dz_y", sum_dz_y, c, invstd)
     weight = _per_channel(op, "weight", weight, c, invstd, floating_any=True)
-    torch._check(n >= 0, lambda: f"{op}: n must be >= 0, got {n}")
+    require(n >= 0, lambda: f"{op}: n must be >= 0, got {n}")
     invstd = invstd.contiguous()
     plan = _Plan(invstd, direct=eager)
     plan.table = (n, c) if n > 0 else (c,)

@@ -27,7 +27,7 @@ import triton.language as tl
 from ...ops import primitives
 from . import _launch, _tiles
 from ._common import (Tensor, acc_dtype, channels_contiguous, check_activation, check_device, export, hw_split,
-                      merge_block, nchw_vec, standard, vec_strides)
+                      merge_block, nchw_vec, require, standard, vec_strides)
 
 
 @triton.jit
@@ -222,7 +222,7 @@ def bn_stats_launcher(y: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     n, c, h, w = y.shape
     if y.numel() == 0:  # empty reductions (NaN means): nothing to launch
         return primitives.bn_stats(y)
-    torch._check(n <= 65535, lambda: f"bn_stats (triton): batch {n} exceeds the grid's 65535 limit")
+    require(n <= 65535, lambda: f"bn_stats (triton): batch {n} exceeds the grid's 65535 limit")
     channels_last = channels_contiguous(y)
     tile = _tiles.pick("bn_stats_partial", y.dtype, channels_last, {}, c, h * w)
     merge = _tiles.pick("bn_stats_merge", y.dtype, channels_last, {}, c, h * w)

@@ -16,7 +16,7 @@ import triton.language as tl
 
 from . import _launch, _tiles
 from ._common import (Tensor, channels_contiguous, check_activation, check_device, coefficient, export, nchw_vec,
-                      pre_activation, standard, vec_strides)
+                      pre_activation, require, standard, vec_strides)
 
 
 @triton.jit
@@ -77,7 +77,7 @@ def _scale_shift_act_fwd_kernel(
 
 def elementwise_grid(n: int, c: int, hw: int, tile: _tiles.Tile) -> tuple[int, int, int]:
     """Grid of the elementwise kernels: (hw blocks, channel blocks, samples)."""
-    torch._check(n <= 65535, lambda: f"resnet_fast (triton): batch {n} exceeds the grid's 65535 limit")
+    require(n <= 65535, lambda: f"resnet_fast (triton): batch {n} exceeds the grid's 65535 limit")
     return triton.cdiv(hw, tile.block_hw), triton.cdiv(c, tile.block_c), n
 
 
@@ -108,9 +108,9 @@ def scale_shift_act_launcher(y: Tensor, scale: Tensor, shift: Tensor, residual: 
     op = "scale_shift_act"
     check_activation(op, "y", y)
     check_device(op, y)
-    torch._check((res_scale is None) == (res_shift is None),
+    require((res_scale is None) == (res_shift is None),
                  lambda: f"{op}: res_scale and res_shift must both be given or both None")
-    torch._check(res_scale is None or residual is not None, lambda: f"{op}: res_scale given without a residual")
+    require(res_scale is None or residual is not None, lambda: f"{op}: res_scale given without a residual")
     y = standard(y)
     n, c, h, w = y.shape
     scale = coefficient(op, "scale", scale, (n, c), y)
@@ -122,7 +122,7 @@ def scale_shift_act_launcher(y: Tensor, scale: Tensor, shift: Tensor, residual: 
         residual = standard(residual)
     if y.numel() == 0:
         return torch.empty_like(y)
-    torch._check(torch.empty_like(y).stride() == y.stride(),
+    require(torch.empty_like(y).stride() == y.stride(),
                  lambda: f"{op}: empty_like(y) changed the strides")  # the kernel writes out with y's strides
     flags = dict(HAS_RES=residual is not None, RES_AFFINE=res_scale is not None, RELU=relu)
     tile = _tiles.pick("scale_shift_act", y.dtype, channels_contiguous(y), flags, c, h * w)

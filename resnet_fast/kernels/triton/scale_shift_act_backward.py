@@ -38,7 +38,7 @@ import triton.language as tl
 
 from . import _launch, _tiles
 from ._common import (Tensor, acc_dtype, channels_contiguous, check_activation, check_device, coefficient, export,
-                      hw_split, merge_block, nchw_vec, relu_grad, standard, vec_strides)
+                      hw_split, merge_block, nchw_vec, relu_grad, require, standard, vec_strides)
 from .scale_shift_act import elementwise_grid
 
 
@@ -262,7 +262,7 @@ def scale_shift_act_backward_reduce_launcher(
     n, c, h, w = y.shape
     center = coefficient(op, "center", center, (c,), y)
     res_center = coefficient(op, "res_center", res_center, (c,), y)
-    torch._check(res_center is None or residual is not None, lambda: f"{op}: res_center given without a residual")
+    require(res_center is None or residual is not None, lambda: f"{op}: res_center given without a residual")
     acc = acc_dtype(y.dtype)
     if y.numel() == 0:  # sums over nothing
         return (y.new_zeros((n, c), dtype=acc), y.new_zeros((n, c), dtype=acc),
@@ -428,12 +428,12 @@ def scale_shift_act_backward_apply_launcher(
     res_k = [coefficient(op, name, t, (c,), y) for name, t in
              (("res_k_g", res_k_g), ("res_k_0", res_k_0), ("res_k_r", res_k_r), ("res_center", res_center))]
     res_grad = res_k[0] is not None
-    torch._check(all((t is not None) == res_grad for t in res_k),
+    require(all((t is not None) == res_grad for t in res_k),
                  lambda: f"{op}: res_k_g, res_k_0, res_k_r and res_center must all be given or all None")
-    torch._check(not res_grad or residual is not None, lambda: f"{op}: res_k_g given without a residual")
+    require(not res_grad or residual is not None, lambda: f"{op}: res_k_g given without a residual")
     if y.numel() == 0:
         return torch.empty_like(y), (torch.empty_like(y) if res_grad else y.new_empty((0,)))
-    torch._check(torch.empty_like(y).stride() == y.stride(),
+    require(torch.empty_like(y).stride() == y.stride(),
                  lambda: f"{op}: empty_like(y) changed the strides")  # the kernel writes with y's strides
     flags = dict(HAS_RES=residual is not None, RES_AFFINE=res_scale is not None, RELU=relu, RES_GRAD=res_grad)
     tile = _tiles.pick("ssa_bwd_apply", y.dtype, channels_contiguous(y), flags, c, h * w)
@@ -458,9 +458,9 @@ def _check_inputs(op, grad_out, y, scale, shift, residual, res_scale, res_shift)
     check_activation(op, "y", y)
     check_activation(op, "grad_out", grad_out, like=y)
     check_device(op, y)
-    torch._check((res_scale is None) == (res_shift is None),
+    require((res_scale is None) == (res_shift is None),
                  lambda: f"{op}: res_scale and res_shift must both be given or both None")
-    torch._check(res_scale is None or residual is not None, lambda: f"{op}: res_scale given without a residual")
+    require(res_scale is None or residual is not None, lambda: f"{op}: res_scale given without a residual")
     y, grad_out = standard(y), standard(grad_out)
     if residual is not None:
         check_activation(op, "residual", residual, like=y)
