@@ -176,22 +176,22 @@ def _compile_all(jobs) -> list[dict]:
             tensors_in = 2 + (flags["HAS_RES"] and (flags["RELU"] or flags["RES_GRAD"]))
             tensors_out = 1 + flags["RES_GRAD"]
         elif kernel == "bn_stats_partial":
-            args = (t, a, a, c, hw // vec, 256, *strides)
+            args = (t, a, c, hw // vec, 256, *strides)
             tensors_in, tensors_out = 1, 0
         elif kernel == "ssa_bwd_reduce_partial":
-            args = (t, t, t, *[a] * 9, c, hw // vec, 256, *strides, *strides, *strides)
+            args = (t, t, t, *[a] * 7, c, hw // vec, 256, *strides, *strides, *strides)
             constexprs["STAGES"] = tile.num_stages
             tensors_in, tensors_out = 2 + (flags["HAS_RES"] and (flags["RELU"] or flags["RES_SUM"])), 0
         elif kernel == "bn_stats_merge":
-            args = (a, a, a, a, a, 256, c, hw, 7, 512)
+            args = (a, a, a, 256, c, hw, 7, 512)
             constexprs = dict(BLOCK_N=tile.block_n, BLOCK_C=tile.block_c, BLOCK_S=8)
             tensors_in = tensors_out = 0
         elif kernel == "ssa_bwd_reduce_merge":
-            args = (a, a, a, a, a, a, 256, c, 7)
+            args = (a, a, a, a, 256, c, 7)
             constexprs = dict(BLOCK_N=tile.block_n, BLOCK_C=tile.block_c, BLOCK_S=8)
             tensors_in = tensors_out = 0
         elif kernel == "bn_stats_combine":
-            args = (a, a, a, a, 256, c, hw, 32, 8)
+            args = (a, a, a, 256, c, hw, 32, 8)
             constexprs = dict(BLOCK_B=tile.block_n, BLOCK_C=tile.block_c)
             tensors_in = tensors_out = 0
         else:  # ssa_bwd_reduce_combine

@@ -33,8 +33,8 @@ from ._common import (Tensor, acc_dtype, channels_contiguous, check_activation, 
 @triton.jit
 def _bn_stats_partial_kernel(
     y_ptr,  # *T (N, C, H, W) input, NCHW or channels_last
-    part_mean_ptr,  # *ACC (N, S, C) out: mean of each (sample, split, channel) piece
-    part_m2_ptr,  # *ACC (N, S, C) out: its sum of squared deviations from that mean (M2)
+    part_ptr,  # *ACC (2, N, S, C) out: [0] mean of each (sample, split, channel) piece, [1] its sum of squared
+    #            deviations from that mean (M2); one workspace, one allocation
     C,  # channels
     HW,  # H * W
     HW_PER_SPLIT,  # positions per split; the last split holds HW - (S - 1) * HW_PER_SPLIT
@@ -56,7 +56,7 @@ def _bn_stats_partial_kernel(
     c_block = tl.program_id(1)
     n = tl.program_id(2)
     num_splits = tl.num_programs(0)
-    ACC = part_mean_ptr.dtype.element_ty
+    ACC = part_ptr.dtype.element_ty
     cs = c_block * BLOCK_C + tl.arange(0, BLOCK_C)
     c_mask = cs < C
     lanes = tl.arange(0, BLOCK_HW)
@@ -85,17 +85,15 @@ def _bn_stats_partial_kernel(
     dev = mean - piece_mean[:, None]
     piece_m2 = tl.sum(m2 + lane_count[None, :] * dev * dev, axis=1)
     out = (n * num_splits + split) * C + cs
-    tl.store(part_mean_ptr + out, piece_mean, mask=c_mask)
-    tl.store(part_m2_ptr + out, piece_m2, mask=c_mask)
+    tl.store(part_ptr + out, piece_mean, mask=c_mask)
+    tl.store(part_ptr + tl.num_programs(2) * num_splits * C + out, piece_m2, mask=c_mask)
 
 
 @triton.jit
 def _bn_stats_merge_kernel(
-    part_mean_ptr,  # *ACC (N, S, C): stage 1's piece means
-    part_m2_ptr,  # *ACC (N, S, C): stage 1's piece M2
+    part_ptr,  # *ACC (2, N, S, C): stage 1's piece means and M2
     sample_mean_ptr,  # *ACC (N, C) out: mean over (H, W) per (n, c)
-    block_mean_ptr,  # *ACC (NB, C) out: mean over this program's samples and (H, W), NB = ceil(N / BLOCK_N)
-    block_m2_ptr,  # *ACC (NB, C) out: its M2
+    block_ptr,  # *ACC (2, NB, C) out: mean over this program's samples and (H, W), NB = ceil(N / BLOCK_N); its M2
     N,  # samples
     C,  # channels
     HW,  # H * W: values per (n, c)
@@ -107,7 +105,9 @@ def _bn_stats_merge_kernel(
 ):
     """Stage 2, one program per (block of channels, block of BLOCK_N samples): merges each sample's splits
     (its sample_mean), then the block's samples. Moves 2*N*S*C*sizeof(ACC) bytes in, (N + 2*NB)*C out."""
-    ACC = block_mean_ptr.dtype.element_ty
+    ACC = block_ptr.dtype.element_ty
+    part_mean_ptr = part_ptr
+    part_m2_ptr = part_ptr + N * NUM_SPLITS * C
     cs = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
     c_mask = cs < C
     n_block = tl.program_id(1)
@@ -138,14 +138,13 @@ def _bn_stats_merge_kernel(
     block_mean = tl.sum(mean, axis=0) / valid  # masked samples hold zeros
     dev = tl.where(n_mask[:, None], mean - block_mean[None, :], 0.0)
     block_m2 = tl.sum(m2, axis=0) + HW * tl.sum(dev * dev, axis=0)
-    tl.store(block_mean_ptr + n_block * C + cs, block_mean, mask=c_mask)
-    tl.store(block_m2_ptr + n_block * C + cs, block_m2, mask=c_mask)
+    tl.store(block_ptr + n_block * C + cs, block_mean, mask=c_mask)
+    tl.store(block_ptr + tl.num_programs(1) * C + n_block * C + cs, block_m2, mask=c_mask)
 
 
 @triton.jit
 def _bn_stats_combine_kernel(
-    block_mean_ptr,  # *ACC (NB, C): stage 2's block means
-    block_m2_ptr,  # *ACC (NB, C): stage 2's block M2
+    block_ptr,  # *ACC (2, NB, C): stage 2's block means and M2
     mean_ptr,  # *ACC (C,) out: channel mean over (N, H, W)
     var_ptr,  # *ACC (C,) out: channel biased variance
     N,  # samples
@@ -159,6 +158,8 @@ def _bn_stats_combine_kernel(
     """Stage 3, one program per block of channels: the sample blocks merged in order, BLOCK_B at a time
     (Chan's formula over the step's blocks, then into the running statistics). Moves 2*NB*C in, 2*C out."""
     ACC = mean_ptr.dtype.element_ty
+    block_mean_ptr = block_ptr
+    block_m2_ptr = block_ptr + NUM_BLOCKS * C
     cs = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
     c_mask = cs < C
     run_mean = tl.zeros([BLOCK_C], ACC)
@@ -197,14 +198,12 @@ class _Plan(_launch.Plan):
         mean = y.new_empty((c,), dtype=acc)
         var = y.new_empty((c,), dtype=acc)
         sample_mean = y.new_empty((n, c), dtype=acc)
-        part_mean = y.new_empty((n, self.splits, c), dtype=acc)
-        part_m2 = y.new_empty((n, self.splits, c), dtype=acc)
-        block_mean = y.new_empty((self.blocks, c), dtype=acc)
-        block_m2 = y.new_empty((self.blocks, c), dtype=acc)
+        part = y.new_empty((2, n, self.splits, c), dtype=acc)
+        blocks = y.new_empty((2, self.blocks, c), dtype=acc)
         with self.guard(y):
-            self.partial(y, part_mean, part_m2)
-            self.merge(part_mean, part_m2, sample_mean, block_mean, block_m2)
-            self.combine(block_mean, block_m2, mean, var)
+            self.partial(y, part)
+            self.merge(part, sample_mean, blocks)
+            self.combine(blocks, mean, var)
         return mean, var, sample_mean
 
 

@@ -72,9 +72,8 @@ def _ssa_bwd_reduce_partial_kernel(
     res_shift_ptr,  # *ACC (C,): forward addend of the residual (when RES_AFFINE)
     center_ptr,  # *ACC (C,): subtracted from y in sum g * (y - center)
     res_center_ptr,  # *ACC (C,): subtracted from the residual (when RES_SUM)
-    part_g_ptr,  # *ACC (N, S, C) out: sum of g per (sample, split, channel)
-    part_gy_ptr,  # *ACC (N, S, C) out: sum of g * (y - center)
-    part_gr_ptr,  # *ACC (N, S, C) out: sum of g * (residual - res_center) (when RES_SUM)
+    part_ptr,  # *ACC (2 + RES_SUM, N, S, C) out: sums of g, g * (y - center) [, g * (residual - res_center)] per
+    #            (sample, split, channel); one workspace, one allocation
     C,  # channels
     HW,  # H * W
     HW_PER_SPLIT,  # positions per split; the last split holds HW - (S - 1) * HW_PER_SPLIT
@@ -104,7 +103,7 @@ def _ssa_bwd_reduce_partial_kernel(
     c_block = tl.program_id(1)
     n = tl.program_id(2).to(tl.int64)
     num_splits = tl.num_programs(0)
-    ACC = part_g_ptr.dtype.element_ty
+    ACC = part_ptr.dtype.element_ty
     cs = c_block * BLOCK_C + tl.arange(0, BLOCK_C)
     c_mask = cs < C
     lanes = tl.arange(0, BLOCK_HW)
@@ -142,17 +141,16 @@ def _ssa_bwd_reduce_partial_kernel(
                                          scale, shift, res_scale, res_shift, center, res_center,
                                          HAS_RES, RES_AFFINE, RELU, RES_SUM)
     out = (n * num_splits + split) * C + cs
-    tl.store(part_g_ptr + out, tl.sum(acc_g, axis=1), mask=c_mask)
-    tl.store(part_gy_ptr + out, tl.sum(acc_gy, axis=1), mask=c_mask)
+    plane = tl.num_programs(2) * num_splits * C
+    tl.store(part_ptr + out, tl.sum(acc_g, axis=1), mask=c_mask)
+    tl.store(part_ptr + plane + out, tl.sum(acc_gy, axis=1), mask=c_mask)
     if RES_SUM:
-        tl.store(part_gr_ptr + out, tl.sum(acc_gr, axis=1), mask=c_mask)
+        tl.store(part_ptr + 2 * plane + out, tl.sum(acc_gr, axis=1), mask=c_mask)
 
 
 @triton.jit
 def _ssa_bwd_reduce_merge_kernel(
-    part_g_ptr,  # *ACC (N, S, C): stage 1's sums of g
-    part_gy_ptr,  # *ACC (N, S, C): stage 1's sums of g * (y - center)
-    part_gr_ptr,  # *ACC (N, S, C): stage 1's sums of g * (residual - res_center) (when RES_SUM)
+    part_ptr,  # *ACC (2 + RES_SUM, N, S, C): stage 1's sums
     sum_g_ptr,  # *ACC (N, C) out
     sum_g_y_ptr,  # *ACC (N, C) out
     block_gr_ptr,  # *ACC (NB, C) out: the residual sums of this program's samples (when RES_SUM)
@@ -167,6 +165,9 @@ def _ssa_bwd_reduce_merge_kernel(
     """Stage 2, one program per (block of channels, block of BLOCK_N samples): the splits of each sample
     summed in order. Moves (2 + RES_SUM)*N*S*C*sizeof(ACC) bytes in, 2*N*C (+ NB*C) out."""
     ACC = sum_g_ptr.dtype.element_ty
+    part_g_ptr = part_ptr
+    part_gy_ptr = part_ptr + N * NUM_SPLITS * C
+    part_gr_ptr = part_ptr + 2 * N * NUM_SPLITS * C
     cs = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
     c_mask = cs < C
     n_block = tl.program_id(1)
@@ -225,20 +226,18 @@ class _ReducePlan(_launch.Plan):
         n, c, acc = self.n, self.c, self.acc
         sum_g = y.new_empty((n, c), dtype=acc)
         sum_g_y = y.new_empty((n, c), dtype=acc)
-        part_g = y.new_empty((n, self.splits, c), dtype=acc)
-        part_gy = y.new_empty((n, self.splits, c), dtype=acc)
+        part = y.new_empty((3 if self.res_sum else 2, n, self.splits, c), dtype=acc)
         if self.res_sum:
             sum_g_res = y.new_empty((c,), dtype=acc)
-            part_gr = y.new_empty((n, self.splits, c), dtype=acc)
             block_gr = y.new_empty((self.blocks, c), dtype=acc)
         else:  # not written: stand-ins for the absent pointers
             sum_g_res = y.new_empty((0,), dtype=acc)
-            part_gr, block_gr, res_center = part_g, sum_g, center
+            block_gr, res_center = sum_g, center
         with self.guard(y):
             self.partial(grad_out, y, residual if residual is not None else y, scale, shift,
                          res_scale if res_scale is not None else scale, res_shift if res_shift is not None else shift,
-                         center, res_center, part_g, part_gy, part_gr)
-            self.merge(part_g, part_gy, part_gr, sum_g, sum_g_y, block_gr)
+                         center, res_center, part)
+            self.merge(part, sum_g, sum_g_y, block_gr)
             if self.res_sum:
                 self.combine(block_gr, sum_g_res)
         return sum_g, sum_g_y, sum_g_res
