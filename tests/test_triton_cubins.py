@@ -12,13 +12,13 @@ What is compiled (``plan()``), to keep CI near a minute on two cores:
   * every entry of a shipped tile_table.json, if there is one.
 Left out: the intermediate flag combinations (e.g. a residual without its affine), the smaller tiles of
 the 2-byte dtypes and on sm_80, the flags-off variants on sm_80. ``RESNET_FAST_CUBIN_ALL=1`` compiles all
-of them (1,516 distinct compiles); NOTES.md beside the kernels says what such a run found.
+of them (1,872 compiles); NOTES.md beside the kernels says what such a run found.
 
 Checks: no compile error, no spill (ptxas -v), and on channels_last paths at least as many 16-byte
 ld.global / st.global instructions as one tile's activation traffic needs (a narrower load would need
 more, smaller instructions: the count of 16-byte ones would fall short); likewise on NCHW paths whose
 H*W is not a multiple of 16 elements (14 x 14) with VEC-element accesses (_common.nchw_vec: 16 bytes
-for fp32/fp64, 8 for fp16/bf16).
+for fp32, 8 for fp16/bf16; fp64 keeps 8-byte one-element accesses).
 """
 from __future__ import annotations
 
@@ -157,7 +157,7 @@ def _compile_all(jobs) -> list[dict]:
         acc = torch.float64 if dtype == torch.float64 else torch.float32
         tile = _tiles.pick(kernel, dtype, channels_last, flags, c, hw)
         # NCHW: H*W and the n, c strides go in divided by VEC (the launchers' _common.nchw_vec)
-        vec = 1 if channels_last else min(16 // dtype.itemsize, hw & -hw)
+        vec = 1 if channels_last or dtype.itemsize > 4 else min(16 // dtype.itemsize, hw & -hw)
         key = (kernel, dtype_name, channels_last, tuple(sorted(flags.items())), tuple(tile), vec, hw % (16 * vec) == 0,
                arch)
         if key in seen:  # another shape with the same tile: the same kernel (C, HW // VEC only specialize as % 16)
@@ -208,8 +208,8 @@ def _compile_all(jobs) -> list[dict]:
             results.append(entry)
             continue
         # The widest activation access a tile allows: 16 bytes along channels_last's c; along an NCHW row
-        # whose length is not a multiple of 16 elements, VEC elements (16 bytes for fp32 / fp64 at 14 x 14,
-        # 8 for 2-byte dtypes; nothing checked where VEC = 1, e.g. 7 x 7, or where H*W % 16 == 0).
+        # whose length is not a multiple of 16 elements, VEC elements (16 bytes for fp32 at 14 x 14, 8 for
+        # 2-byte dtypes; nothing checked where VEC = 1: 7 x 7, fp64, or where H*W % 16 == 0).
         width = 16 if channels_last else (min(16, vec * dtype.itemsize) if vec > 1 and hw % 16 else 0)
         # accesses of that width one tile needs per thread, per activation tensor
         per_thread = tile.block_c * tile.block_hw * dtype.itemsize // (32 * tile.num_warps * width) if width else 0

@@ -157,10 +157,12 @@ def nchw_vec(y: Tensor, *others: Tensor | None) -> int:
     change only every VEC positions, and emits VEC-element (up to 16-byte) accesses. VEC is the largest
     power of two dividing H*W and the n, c strides of every operand, at most 16 bytes' worth; 1 for
     channels_last operands (c is their unit-stride axis) and for odd H*W (7 x 7: 49 is odd, no row of a
-    2-D [channels, positions] tile can be read with vectors; see NOTES.md).
+    2-D [channels, positions] tile can be read with vectors; see NOTES.md). Also 1 for fp64, whose one
+    element is 8 bytes already: VEC = 2 made ptxas spill 4-8 bytes (an 8-byte stack frame at 32-40
+    registers) in some 14 x 14 variants of the elementwise kernels on sm_90.
     """
     n, c, h, w = y.shape
-    if channels_contiguous(y):
+    if channels_contiguous(y) or y.element_size() > 4:
         return 1
     common = h * w
     for t in (y, *others):

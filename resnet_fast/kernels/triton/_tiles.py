@@ -20,7 +20,7 @@ The rule (sizes from the sm_80/sm_90 cubins of tests/test_triton_cubins.py, NOTE
                The backward reduce that streams the residual too (3 tensors, 3 accumulators, 6 per-channel
                coefficients) takes half the tile: channels_last 64 x 16 (64 x 8 fp64) with its loop
                software-pipelined two deep (the next tile's loads go to shared memory by cp.async
-               while this one is summed: 6-24 KB of shared memory), 93-120 registers instead of
+               while this one is summed: 6-24 KB of shared memory), 90-122 registers instead of
                164-168 (212 fp64 on sm_80); NCHW fp32 512-element tiles, 47-80 instead of 163-168 at 7 x 7.
                The smaller fp64 / 2-byte / 32-channel tiles also avoid the 4-8-byte ptxas spills that
                the full cubin sweep (RESNET_FAST_CUBIN_ALL=1) found at 48-80 registers with the larger
