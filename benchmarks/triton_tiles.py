@@ -39,7 +39,7 @@ def main() -> int:
     import triton
     from triton.testing import do_bench
 
-    from resnet_fast.kernels.triton import _tiles
+    from resnet_fast.kernels.triton import _launch, _tiles
     ssa = importlib.import_module("resnet_fast.kernels.triton.scale_shift_act")
     bwd = importlib.import_module("resnet_fast.kernels.triton.scale_shift_act_backward")
     stats = importlib.import_module("resnet_fast.kernels.triton.bn_stats")
@@ -78,11 +78,13 @@ def main() -> int:
                     times = {}
                     for tile in dict.fromkeys([rule, *_tiles.candidates(kernel, dtype, channels_last)]):
                         _tiles._TABLE[key] = tile
+                        _launch.clear()  # the launchers keep their plans (tiles included) per input signature
                         try:
                             times[tile] = do_bench(call, warmup=10, rep=50, return_mode="median")
                         except triton.runtime.errors.OutOfResources as error:
                             print(f"{key} {tuple(tile)}: {error}")
                     _tiles._TABLE.pop(key, None)
+                    _launch.clear()
                     best = min(times, key=times.get)
                     gain = times[rule] / times[best] - 1
                     log.append(dict(key=key, rule=list(rule), best=list(best), gain=gain,

@@ -12,11 +12,13 @@ What is compiled (``plan()``), to keep CI near a minute on two cores:
   * every entry of a shipped tile_table.json, if there is one.
 Left out: the intermediate flag combinations (e.g. a residual without its affine), the smaller tiles of
 the 2-byte dtypes and on sm_80, the flags-off variants on sm_80. ``RESNET_FAST_CUBIN_ALL=1`` compiles all
-of them (1,516 distinct compiles); NOTES.md beside the kernels says what such a run found.
+of them (1,872 compiles); NOTES.md beside the kernels says what such a run found.
 
 Checks: no compile error, no spill (ptxas -v), and on channels_last paths at least as many 16-byte
 ld.global / st.global instructions as one tile's activation traffic needs (a narrower load would need
-more, smaller instructions: the count of 16-byte ones would fall short).
+more, smaller instructions: the count of 16-byte ones would fall short); likewise on NCHW paths whose
+H*W is not a multiple of 16 elements (14 x 14) with VEC-element accesses (_common.nchw_vec: 16 bytes
+for fp32, 8 for fp16/bf16; fp64 keeps 8-byte one-element accesses).
 """
 from __future__ import annotations
 
@@ -45,7 +47,8 @@ REDUCE_FLAGS = {
                                for r, a, u, s in itertools.product((0, 1), (0, 1), (0, 1), (0, 1))
                                if r or not (a or s)],
 }
-MERGE_FLAGS = {"bn_stats_merge": [{}], "ssa_bwd_reduce_merge": [dict(RES_SUM=0), dict(RES_SUM=1)]}
+MERGE_FLAGS = {"bn_stats_merge": [{}], "ssa_bwd_reduce_merge": [dict(RES_SUM=0), dict(RES_SUM=1)],
+               "bn_stats_combine": [{}], "ssa_bwd_reduce_combine": [{}]}
 # The per-channel finalize kernels (bn_finalize.py): BLOCK_C channels per program, no tile rule.
 FINALIZE_FLAGS = {"bn_finalize": [dict(HAS_WEIGHT=w, HAS_BIAS=b) for w, b in itertools.product((0, 1), (0, 1))],
                   "bn_backward_finalize": [dict(HAS_WEIGHT=w, USE_BATCH_STATS=u)
@@ -134,6 +137,8 @@ def _compile_all(jobs) -> list[dict]:
         "ssa_bwd_reduce_partial": scale_shift_act_backward._ssa_bwd_reduce_partial_kernel,
         "bn_stats_merge": bn_stats._bn_stats_merge_kernel,
         "ssa_bwd_reduce_merge": scale_shift_act_backward._ssa_bwd_reduce_merge_kernel,
+        "bn_stats_combine": bn_stats._bn_stats_combine_kernel,
+        "ssa_bwd_reduce_combine": scale_shift_act_backward._ssa_bwd_reduce_combine_kernel,
         "bn_finalize": bn_finalize._bn_finalize_kernel,
         "bn_backward_finalize": bn_finalize._bn_backward_finalize_kernel,
     }
@@ -151,35 +156,47 @@ def _compile_all(jobs) -> list[dict]:
         dtype = getattr(torch, dtype_name)
         acc = torch.float64 if dtype == torch.float64 else torch.float32
         tile = _tiles.pick(kernel, dtype, channels_last, flags, c, hw)
-        key = (kernel, dtype_name, channels_last, tuple(sorted(flags.items())), tuple(tile), arch)
-        if key in seen:  # another shape with the same tile: the same kernel (C, HW only specialize as % 16)
+        # NCHW: H*W and the n, c strides go in divided by VEC (the launchers' _common.nchw_vec)
+        vec = 1 if channels_last or dtype.itemsize > 4 else min(16 // dtype.itemsize, hw & -hw)
+        key = (kernel, dtype_name, channels_last, tuple(sorted(flags.items())), tuple(tile), vec, hw % (16 * vec) == 0,
+               arch)
+        if key in seen:  # another shape with the same tile: the same kernel (C, HW // VEC only specialize as % 16)
             continue
         seen.add(key)
         t = torch.empty(64, dtype=dtype)  # 64-byte aligned storage: like the GPU's 256-byte aligned allocations
         a = torch.empty(64, dtype=acc)
         # NCHW (n, c, hw) strides (C*HW, HW, 1); channels_last (HW*C, 1, C)
-        strides = (hw * c, 1, c) if channels_last else (c * hw, hw, 1)
-        constexprs = dict(BLOCK_C=tile.block_c, BLOCK_HW=tile.block_hw)
+        strides = (hw * c, 1, c) if channels_last else (c * hw // vec, hw // vec, 1)
+        constexprs = dict(BLOCK_C=tile.block_c, BLOCK_HW=tile.block_hw, VEC=vec)
         if kernel == "scale_shift_act":
-            args = (t, t, t, a, a, a, a, c, hw, *strides, *strides)
+            args = (t, t, t, a, a, a, a, c, hw // vec, *strides, *strides)
             tensors_in, tensors_out = 1 + flags["HAS_RES"], 1
         elif kernel == "ssa_bwd_apply":
-            args = (t, t, t, t, t, *[a] * 12, c, hw, *strides, *strides, *strides)
+            args = (t, t, t, t, t, *[a] * 12, c, hw // vec, *strides, *strides, *strides)
             tensors_in = 2 + (flags["HAS_RES"] and (flags["RELU"] or flags["RES_GRAD"]))
             tensors_out = 1 + flags["RES_GRAD"]
         elif kernel == "bn_stats_partial":
-            args = (t, a, a, c, hw, 256, *strides)
+            args = (t, a, c, hw // vec, 256, *strides)
             tensors_in, tensors_out = 1, 0
         elif kernel == "ssa_bwd_reduce_partial":
-            args = (t, t, t, *[a] * 9, c, hw, 256, *strides, *strides, *strides)
+            args = (t, t, t, *[a] * 7, c, hw // vec, 256, *strides, *strides, *strides)
+            constexprs["STAGES"] = tile.num_stages
             tensors_in, tensors_out = 2 + (flags["HAS_RES"] and (flags["RELU"] or flags["RES_SUM"])), 0
         elif kernel == "bn_stats_merge":
-            args = (a, a, a, a, a, 256, c, hw, 7, 512)
+            args = (a, a, a, 256, c, hw, 7, 512)
             constexprs = dict(BLOCK_N=tile.block_n, BLOCK_C=tile.block_c, BLOCK_S=8)
             tensors_in = tensors_out = 0
-        else:  # ssa_bwd_reduce_merge
-            args = (a, a, a, a, a, a, 256, c, 7)
+        elif kernel == "ssa_bwd_reduce_merge":
+            args = (a, a, a, a, 256, c, 7)
             constexprs = dict(BLOCK_N=tile.block_n, BLOCK_C=tile.block_c, BLOCK_S=8)
+            tensors_in = tensors_out = 0
+        elif kernel == "bn_stats_combine":
+            args = (a, a, a, 256, c, hw, 32, 8)
+            constexprs = dict(BLOCK_B=tile.block_n, BLOCK_C=tile.block_c)
+            tensors_in = tensors_out = 0
+        else:  # ssa_bwd_reduce_combine
+            args = (a, a, c, 32)
+            constexprs = dict(BLOCK_B=tile.block_n, BLOCK_C=tile.block_c)
             tensors_in = tensors_out = 0
         name = f"{kernel}/{dtype_name}/{'nhwc' if channels_last else 'nchw'}/{flags}/C={c}/HW={hw}/{tuple(tile)}"
         entry = dict(name=name, kernel=kernel, arch=arch, channels_last=channels_last, tile=list(tile))
@@ -190,10 +207,15 @@ def _compile_all(jobs) -> list[dict]:
             entry["error"] = f"{type(error).__name__}: {error}"[:2000]
             results.append(entry)
             continue
-        # 16-byte accesses one tile needs per thread, per activation tensor
-        per_thread = tile.block_c * tile.block_hw * dtype.itemsize // (32 * tile.num_warps * 16)
-        entry.update(registers=report.registers, spill=report.spill_bytes, stack=report.stack,
-                     loads16=report.loads.get(16, 0), stores16=report.stores.get(16, 0),
+        # The widest activation access a tile allows: 16 bytes along channels_last's c; along an NCHW row
+        # whose length is not a multiple of 16 elements, VEC elements (16 bytes for fp32 at 14 x 14, 8 for
+        # 2-byte dtypes; nothing checked where VEC = 1: 7 x 7, fp64, or where H*W % 16 == 0).
+        width = 16 if channels_last else (min(16, vec * dtype.itemsize) if vec > 1 and hw % 16 else 0)
+        # accesses of that width one tile needs per thread, per activation tensor
+        per_thread = tile.block_c * tile.block_hw * dtype.itemsize // (32 * tile.num_warps * width) if width else 0
+        entry.update(registers=report.registers, spill=report.spill_bytes, stack=report.stack, width=width,
+                     loads16=sum(k for b, k in report.loads.items() if width and b >= width),
+                     stores16=sum(k for b, k in report.stores.items() if width and b >= width),
                      need_loads16=tensors_in * per_thread, need_stores16=tensors_out * per_thread,
                      loads=report.loads, row=report.row())
         results.append(entry)
@@ -227,10 +249,10 @@ def test_triton_primitives_compile_for_sm80_sm90_without_spills(tmp_path):
     assert not errors, "compile errors:\n" + "\n".join(errors)
     spills = [r["row"] for r in results if r["spill"] or r["stack"]]
     assert not spills, "register spills / stack frames:\n" + "\n".join(spills)
-    narrow = [f"{r['row']} (needs >= {r['need_loads16']} 16-byte loads, {r['need_stores16']} stores)"
-              for r in results if r["channels_last"]
+    narrow = [f"{r['row']} (needs >= {r['need_loads16']} {r['width']}-byte loads, {r['need_stores16']} stores)"
+              for r in results if r.get("width")
               and (r["loads16"] < r["need_loads16"] or r["stores16"] < r["need_stores16"])]
-    assert not narrow, "channels_last paths without 16-byte accesses:\n" + "\n".join(narrow)
+    assert not narrow, "activation accesses narrower than the layout allows:\n" + "\n".join(narrow)
     assert {r["arch"] for r in results} == {80, 90}
 
 

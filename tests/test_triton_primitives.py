@@ -131,6 +131,18 @@ def test_bn_stats_empty():
     assert mean.shape == (3,) and var.shape == (3,) and sample_mean.shape == (0, 3)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_reductions_over_many_sample_blocks(layout, dtype):
+    """N = 7: under the interpreter's merge tiles (2 samples per program, 2 sample blocks per combine step)
+    four sample blocks, the last one short, merged in two steps; the residual sums likewise."""
+    shape = (7, 5, 2, 3)
+    y = make(shape, dtype, layout, scale=3.0, offset=1.0)
+    for got, want in zip(kernels.bn_stats(y), reference.bn_stats(y)):
+        assert_same(got, want, sum_tol(dtype))
+    check_backward_reduce(shape, layout, dtype, all_options=False)
+
+
 # ----------------------------------------------------------------------------- scale_shift_act
 RESIDUALS = [None, "plain", "affine"]
 OPTIONS_SHAPE = SHAPES[2]  # (2, 10, 2, 6): channel and hw tails, two H*W splits

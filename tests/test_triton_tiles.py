@@ -60,7 +60,7 @@ def test_table_entry_overrides_the_rule_for_its_key_only(gpu_rule, monkeypatch):
                            256, 196)
     monkeypatch.setattr(_tiles, "_TABLE", {key: _tiles.Tile(128, 16, 8)})
     flags = dict(HAS_RES=True, RES_AFFINE=False, RELU=True)
-    assert _tiles.pick("scale_shift_act", torch.bfloat16, True, flags, 256, 196) == (128, 16, 8)
+    assert _tiles.pick("scale_shift_act", torch.bfloat16, True, flags, 256, 196) == _tiles.Tile(128, 16, 8)
     assert _tiles.pick("scale_shift_act", torch.bfloat16, True, dict(flags, RELU=False), 256, 196) == \
         _tiles.rule("scale_shift_act", torch.bfloat16, True, dict(flags, RELU=False), 256, 196)
 

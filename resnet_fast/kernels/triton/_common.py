@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import math
 import os
 from typing import Callable
 
@@ -26,6 +27,11 @@ INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 _wrap_triton = getattr(torch.library, "wrap_triton", None)
 
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+# A seam for benchmarks/triton_host_time.py only: CPU tensors stand in for CUDA tensors (accepted, and
+# planned with the GPU's tiles and splits) while that benchmark stubs the compiled kernels' launcher out,
+# to time the host path on a machine without a GPU. Never set otherwise: nothing would run.
+CPU_STANDS_IN_FOR_CUDA = False
 
 
 # ----------------------------------------------------------------------------- launch and registration
@@ -76,15 +82,28 @@ def relu_grad(grad, y, r, scale, shift, res_scale, res_shift, HAS_RES: tl.conste
 
 
 # ----------------------------------------------------------------------------- checks and layout
+def require(ok: bool, message: Callable[[], str]) -> None:
+    """``torch._check``'s contract (a RuntimeError with the message, built only on failure) in plain Python,
+    which Dynamo traces: under torch.compile ``torch._check`` rejects message closures over tensors."""
+    if not ok:
+        raise RuntimeError(message())
+
+
+def check_device(op: str, t: Tensor) -> None:
+    """CUDA tensors, or CPU tensors under the interpreter."""
+    if not (t.is_cuda or INTERPRETED or CPU_STANDS_IN_FOR_CUDA):
+        raise RuntimeError(f"{op} (triton): CPU tensors need TRITON_INTERPRET=1")
+
+
 def check_activation(op: str, name: str, t: Tensor, like: Tensor | None = None) -> None:
-    torch._check(t.dim() == 4, lambda: f"{op}: expected {name} to be 4-D (N, C, H, W), got shape {tuple(t.shape)}")
-    torch._check(t.dtype in SUPPORTED_DTYPES,
+    require(t.dim() == 4, lambda: f"{op}: expected {name} to be 4-D (N, C, H, W), got shape {tuple(t.shape)}")
+    require(t.dtype in SUPPORTED_DTYPES,
                  lambda: f"{op}: {name} must be float16, bfloat16, float32 or float64, got {t.dtype}")
     if like is not None:
-        torch._check(t.shape == like.shape,
+        require(t.shape == like.shape,
                      lambda: f"{op}: {name} has shape {tuple(t.shape)}, expected {tuple(like.shape)} (y's)")
-        torch._check(t.dtype == like.dtype, lambda: f"{op}: {name} has dtype {t.dtype}, expected {like.dtype} (y's)")
-        torch._check(t.device == like.device, lambda: f"{op}: {name} is on {t.device}, y on {like.device}")
+        require(t.dtype == like.dtype, lambda: f"{op}: {name} has dtype {t.dtype}, expected {like.dtype} (y's)")
+        require(t.device == like.device, lambda: f"{op}: {name} is on {t.device}, y on {like.device}")
 
 
 def acc_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -95,8 +114,8 @@ def coefficient(op: str, name: str, t: Tensor | None, shape: tuple[int, ...], y:
     """A per-channel / per-(n, c) coefficient as a contiguous tensor in y's accumulation dtype."""
     if t is None:
         return None
-    torch._check(tuple(t.shape) == shape, lambda: f"{op}: expected {name} of shape {shape}, got {tuple(t.shape)}")
-    torch._check(t.device == y.device, lambda: f"{op}: {name} is on {t.device}, y on {y.device}")
+    require(tuple(t.shape) == shape, lambda: f"{op}: expected {name} of shape {shape}, got {tuple(t.shape)}")
+    require(t.device == y.device, lambda: f"{op}: {name} is on {t.device}, y on {y.device}")
     return t.to(acc_dtype(y.dtype)).contiguous()  # no copy when already so (the contract)
 
 
@@ -128,6 +147,42 @@ def plane_strides(t: Tensor | None) -> tuple[int, int, int]:
     return t.stride(0), t.stride(1), _hw_stride(t)
 
 
+def nchw_vec(y: Tensor, *others: Tensor | None) -> int:
+    """VEC of an NCHW launch: how many elements every plane row is known to be aligned to.
+
+    Triton specializes integer arguments only on divisibility by 16, so an NCHW plane of H*W = 196 or 49
+    positions (196 = 4 * 49) looks unaligned and every activation access is one element wide (2-byte loads
+    for bf16). The launchers pass H*W and the n and c strides divided by VEC and the kernels multiply them
+    back by the constexpr VEC: then Triton knows each row starts on a VEC-element boundary and the masks
+    change only every VEC positions, and emits VEC-element (up to 16-byte) accesses. VEC is the largest
+    power of two dividing H*W and the n, c strides of every operand, at most 16 bytes' worth; 1 for
+    channels_last operands (c is their unit-stride axis) and for odd H*W (7 x 7: 49 is odd, no row of a
+    2-D [channels, positions] tile can be read with vectors; see NOTES.md). Also 1 for fp64, whose one
+    element is 8 bytes already: VEC = 2 made ptxas spill 4-8 bytes (an 8-byte stack frame at 32-40
+    registers) in some 14 x 14 variants of the elementwise kernels on sm_90.
+    """
+    n, c, h, w = y.shape
+    if channels_contiguous(y) or y.element_size() > 4:
+        return 1
+    common = h * w
+    for t in (y, *others):
+        if t is None:
+            continue
+        stride_n, stride_c, stride_hw = plane_strides(t)
+        if stride_hw != 1:
+            return 1
+        common = math.gcd(common, stride_n, stride_c)
+    if common <= 0:
+        return 1
+    return min(max(1, 16 // y.element_size()), common & -common)
+
+
+def vec_strides(t: Tensor | None, vec: int) -> tuple[int, int, int]:
+    """plane_strides(t) with the n and c strides divided by VEC (see nchw_vec)."""
+    stride_n, stride_c, stride_hw = plane_strides(t)
+    return stride_n // vec, stride_c // vec, stride_hw
+
+
 def channels_contiguous(t: Tensor) -> bool:
     """Whether c, rather than hw, is the unit-stride axis (channels_last; also any layout when H*W == 1)."""
     hw = t.shape[2] * t.shape[3]
@@ -151,7 +206,7 @@ def hw_split(y: Tensor, block_c: int) -> tuple[int, int]:
     merge and a short last split.
     """
     n, c, hw = y.shape[0], y.shape[1], y.shape[2] * y.shape[3]
-    if INTERPRETED or not y.is_cuda:
+    if INTERPRETED or not (y.is_cuda or CPU_STANDS_IN_FOR_CUDA):
         align, programs = 8, 1 << 30
     else:
         align, programs = 256, TARGET_PROGRAMS

@@ -17,11 +17,18 @@ The rule (sizes from the sm_80/sm_90 cubins of tests/test_triton_cubins.py, NOTE
                (16 per thread), 64 x 16 for fp64 (the fp64 backward reduce spilled 264-552 bytes at
                64 x 32 on sm_90); NCHW BLOCK_HW = next_pow2(H*W) in [64, 256], 1024-element tiles
                (512 for 2-byte dtypes, 256 for fp64).
+               The backward reduce that streams the residual too (3 tensors, 3 accumulators, 6 per-channel
+               coefficients) takes half the tile: channels_last 64 x 16 (64 x 8 fp64) with its loop
+               software-pipelined two deep (the next tile's loads go to shared memory by cp.async
+               while this one is summed: 6-24 KB of shared memory), 90-122 registers instead of
+               164-168 (212 fp64 on sm_80); NCHW fp32 512-element tiles, 47-80 instead of 163-168 at 7 x 7.
                The smaller fp64 / 2-byte / 32-channel tiles also avoid the 4-8-byte ptxas spills that
                the full cubin sweep (RESNET_FAST_CUBIN_ALL=1) found at 48-80 registers with the larger
                ones (NOTES.md).
-  merge        16 samples x 32 channels x up to 8 splits per step, 4 warps; 4 samples for fp64 (8 spilled
-               24-72 bytes in the bn_stats merge).
+  merge        one program per (32 channels, 8 samples), up to 8 splits per step, 4 warps: 124-128
+               registers fp32 (16 samples took 230-246 when the merge looped over the batch); 2 samples
+               for fp64 (4 spilled 4 bytes in the backward merge on sm_80, 8 spilled 24-72 bytes before).
+  combine      16 sample blocks x 64 channels per step, 4 warps.
 """
 from __future__ import annotations
 
@@ -39,13 +46,17 @@ TABLE_PATH = os.path.join(os.path.dirname(__file__), "tile_table.json")
 ELEMENTWISE_KERNELS = ("scale_shift_act", "ssa_bwd_apply")
 REDUCE_KERNELS = ("bn_stats_partial", "ssa_bwd_reduce_partial")
 MERGE_KERNELS = ("bn_stats_merge", "ssa_bwd_reduce_merge")
+COMBINE_KERNELS = ("bn_stats_combine", "ssa_bwd_reduce_combine")
 
 
 class Tile(NamedTuple):
-    """BLOCK_C x BLOCK_HW tile (BLOCK_N x BLOCK_C for the merges: block_hw is then BLOCK_N) and num_warps."""
+    """BLOCK_C x BLOCK_HW tile (BLOCK_N x BLOCK_C for the merges, BLOCK_B x BLOCK_C for the combines: block_hw
+    is then BLOCK_N / BLOCK_B), num_warps, and the software-pipelining depth of the backward reduce's
+    stage-1 loop (STAGES of ``tl.range``; 1: none; the other kernels ignore it)."""
     block_c: int
     block_hw: int
     num_warps: int
+    num_stages: int = 1
 
     @property
     def block_n(self) -> int:
@@ -75,6 +86,11 @@ def _pow2_clamp(x: int, lo: int, hi: int) -> int:
     return max(lo, min(hi, triton.next_power_of_2(max(1, x))))
 
 
+def _streams_residual(flags: dict) -> bool:
+    """The backward reduce reads a third activation tensor (the residual, for the relu mask or its sums)."""
+    return bool(flags.get("HAS_RES") and (flags.get("RELU") or flags.get("RES_SUM")))
+
+
 def rule(kernel: str, dtype: torch.dtype, channels_last: bool, flags: dict, c: int, hw: int) -> Tile:
     """The rule's tile for a kernel (see the module docstring); tiny tiles under the interpreter, so that the
     test shapes still have several blocks, masked tails and multi-split merges."""
@@ -89,15 +105,25 @@ def rule(kernel: str, dtype: torch.dtype, channels_last: bool, flags: dict, c: i
         return Tile(max(1, 1024 // block_hw), block_hw, 4)
     if kernel in REDUCE_KERNELS:
         if INTERPRETED:
-            return Tile(8, 4, 1)
+            return Tile(8, 4, 1, 2 if _streams_residual(flags) else 1)
+        heavy = _streams_residual(flags)
         if channels_last:
+            if heavy:
+                return Tile(64, 8 if wide else 16, 4, 2)
             return Tile(64, 16 if wide else 32, 4)
         block_hw = _pow2_clamp(hw, 64, 256)
-        return Tile(max(1, (256 if wide else 512 if dtype.itemsize == 2 else 1024) // block_hw), block_hw, 4)
+        # fp32 with the residual: half the elements (the 2-byte and fp64 tiles are small already: halving them
+        # would narrow their accesses)
+        elements = (256 if wide else 512 if dtype.itemsize == 2 else 512 if heavy else 1024)
+        return Tile(max(1, elements // block_hw), block_hw, 4)
     if kernel in MERGE_KERNELS:
         if INTERPRETED:
             return Tile(4, 2, 1)
-        return Tile(32, 4 if wide else 16, 4)
+        return Tile(32, 2 if wide else 8, 4)
+    if kernel in COMBINE_KERNELS:
+        if INTERPRETED:
+            return Tile(4, 2, 1)
+        return Tile(64, 16, 4)
     raise ValueError(f"resnet_fast (triton): no tile rule for kernel {kernel!r}")
 
 
@@ -124,4 +150,6 @@ def candidates(kernel: str, dtype: torch.dtype, channels_last: bool) -> list[Til
         return [Tile(2, 256, 4), Tile(4, 256, 8), Tile(8, 128, 4), Tile(16, 64, 4)]
     if kernel in MERGE_KERNELS:
         return [Tile(32, 4, 4), Tile(32, 8, 4), Tile(16, 16, 4)] + ([] if wide else [Tile(32, 16, 4), Tile(64, 8, 4)])
+    if kernel in COMBINE_KERNELS:
+        return [Tile(64, 16, 4), Tile(32, 16, 4), Tile(128, 8, 4)]
     raise ValueError(f"resnet_fast (triton): no candidates for kernel {kernel!r}")

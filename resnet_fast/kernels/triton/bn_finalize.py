@@ -15,7 +15,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import INTERPRETED, launch, on_device
+from . import _launch
+from ._common import INTERPRETED, check_device, require
 
 Tensor = torch.Tensor
 
@@ -154,77 +155,122 @@ def _block_c(c: int) -> int:
 def _per_channel(op: str, name: str, t: Optional[Tensor], c: int, like: Tensor, *, floating_any=False):
     if t is None:
         return None
-    torch._check(t.dim() == 1 and t.shape[0] == c, lambda: f"{op}: expected {name} of shape ({c},), "
+    require(t.dim() == 1 and t.shape[0] == c, lambda: f"{op}: expected {name} of shape ({c},), "
                                                            f"got {tuple(t.shape)}")
-    torch._check(t.device == like.device, lambda: f"{op}: {name} is on {t.device}, expected {like.device}")
-    torch._check(t.is_floating_point(), lambda: f"{op}: {name} must be floating point, got {t.dtype}")
+    require(t.device == like.device, lambda: f"{op}: {name} is on {t.device}, expected {like.device}")
+    require(t.is_floating_point(), lambda: f"{op}: {name} must be floating point, got {t.dtype}")
     if not floating_any:
-        torch._check(t.dtype == like.dtype, lambda: f"{op}: {name} must be {like.dtype}, got {t.dtype}")
+        require(t.dtype == like.dtype, lambda: f"{op}: {name} must be {like.dtype}, got {t.dtype}")
     return t.contiguous()
 
 
 def _sums(op: str, name: str, t: Tensor, c: int, like: Tensor) -> tuple[Tensor, int]:
     """A gradient sum as (contiguous tensor, rows): (N, C) per-sample sums or (C,) totals (rows 0)."""
-    torch._check(t.dim() in (1, 2) and t.shape[-1] == c,
+    require(t.dim() in (1, 2) and t.shape[-1] == c,
                  lambda: f"{op}: expected {name} of shape (N, {c}) or ({c},), got {tuple(t.shape)}")
-    torch._check(t.dtype == like.dtype and t.device == like.device,
+    require(t.dtype == like.dtype and t.device == like.device,
                  lambda: f"{op}: {name} must be {like.dtype} on {like.device}, got {t.dtype} on {t.device}")
-    torch._check(t.dim() == 1 or t.shape[0] > 0, lambda: f"{op}: {name} has no samples")
+    require(t.dim() == 1 or t.shape[0] > 0, lambda: f"{op}: {name} has no samples")
     return t.contiguous(), (t.shape[0] if t.dim() == 2 else 0)
 
 
 def _check_device(op: str, t: Tensor) -> None:
-    torch._check(t.is_cuda or INTERPRETED, lambda: f"{op} (triton): CPU tensors need TRITON_INTERPRET=1")
-    torch._check(t.dtype in (torch.float32, torch.float64),
+    check_device(op, t)
+    require(t.dtype in (torch.float32, torch.float64),
                  lambda: f"{op}: statistics must be float32 or float64, got {t.dtype}")
+
+
+_PLANS = _launch.plan_cache()
+_BACKWARD_PLANS = _launch.plan_cache()
+_sig = _launch.signature
+
+
+class _Plan(_launch.Plan):
+    """A finalize's launch for one input signature and its per-channel outputs' and tables' shapes."""
+
+    __slots__ = ("table", "finalize")
+
+
+def _forward(plan, mean, var, weight, bias):
+    invstd, var_update = torch.empty_like(mean), torch.empty_like(mean)
+    scale, shift = mean.new_empty(plan.table), mean.new_empty(plan.table)
+    if plan.finalize is not None:
+        with plan.guard(mean):
+            plan.finalize(mean, var, weight if weight is not None else mean, bias if bias is not None else mean,
+                          invstd, var_update, scale, shift)
+    return invstd, var_update, scale, shift
 
 
 def bn_finalize(mean: Tensor, var: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], eps: float,
                 count: int, n: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    eager = _launch.eager(mean)
+    if eager:
+        key = (_sig(mean), _sig(var), _sig(weight), _sig(bias), eps, count, n)
+        plan = _PLANS.get(key)
+        if plan is not None:  # inputs of a signature checked and planned before
+            return _forward(plan, mean, var, weight, bias)
+    inputs = (mean, var, weight, bias)
     op = "bn_finalize"
     _check_device(op, mean)
-    torch._check(mean.dim() == 1, lambda: f"{op}: expected mean of shape (C,), got {tuple(mean.shape)}")
+    require(mean.dim() == 1, lambda: f"{op}: expected mean of shape (C,), got {tuple(mean.shape)}")
     c = mean.shape[0]
     var = _per_channel(op, "var", var, c, mean)
     weight = _per_channel(op, "weight", weight, c, mean, floating_any=True)
     bias = _per_channel(op, "bias", bias, c, mean, floating_any=True)
-    torch._check(n >= 0, lambda: f"{op}: n must be >= 0, got {n}")
+    require(n >= 0, lambda: f"{op}: n must be >= 0, got {n}")
     mean = mean.contiguous()
-    table = (n, c) if n > 0 else (c,)
-    invstd, var_update = torch.empty_like(mean), torch.empty_like(mean)
-    scale, shift = mean.new_empty(table), mean.new_empty(table)
+    plan = _Plan(mean, direct=eager)
+    plan.table = (n, c) if n > 0 else (c,)
+    plan.finalize = None
     if c > 0:
         block = _block_c(c)
-        with on_device(mean):
-            launch(_bn_finalize_kernel)[(triton.cdiv(c, block),)](
-                mean, var, weight if weight is not None else mean, bias if bias is not None else mean,
-                invstd, var_update, scale, shift, c, n, float(eps), count / max(count - 1, 1),
-                HAS_WEIGHT=weight is not None, HAS_BIAS=bias is not None, BLOCK_C=block)
-    return invstd, var_update, scale, shift
+        plan.finalize = _launch.KernelLaunch(
+            _bn_finalize_kernel, (triton.cdiv(c, block),), (c, n, float(eps), count / max(count - 1, 1)),
+            dict(HAS_WEIGHT=weight is not None, HAS_BIAS=bias is not None, BLOCK_C=block), traced=not eager)
+    if eager and all(a is b for a, b in zip(inputs, (mean, var, weight, bias))):
+        _launch.remember(_PLANS, key, plan)  # no copy was needed: later calls of this signature reuse the plan
+    return _forward(plan, mean, var, weight, bias)
+
+
+def _backward(plan, sum_dz, sum_dz_y, invstd, weight):
+    grad_weight, grad_bias, k_y = torch.empty_like(invstd), torch.empty_like(invstd), torch.empty_like(invstd)
+    k_g, k_0 = invstd.new_empty(plan.table), invstd.new_empty(plan.table)
+    if plan.finalize is not None:
+        with plan.guard(invstd):
+            plan.finalize(sum_dz, sum_dz_y, invstd, weight if weight is not None else invstd,
+                          grad_weight, grad_bias, k_g, k_0, k_y)
+    return grad_weight, grad_bias, k_g, k_0, k_y
 
 
 def bn_backward_finalize(sum_dz: Tensor, sum_dz_y: Tensor, invstd: Tensor, weight: Optional[Tensor], count: int,
                          n: int, use_batch_stats: bool) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    eager = _launch.eager(invstd)
+    if eager:
+        key = (_sig(sum_dz), _sig(sum_dz_y), _sig(invstd), _sig(weight), count, n, use_batch_stats)
+        plan = _BACKWARD_PLANS.get(key)
+        if plan is not None:  # inputs of a signature checked and planned before
+            return _backward(plan, sum_dz, sum_dz_y, invstd, weight)
+    inputs = (sum_dz, sum_dz_y, invstd, weight)
     op = "bn_backward_finalize"
     _check_device(op, invstd)
-    torch._check(invstd.dim() == 1, lambda: f"{op}: expected invstd of shape (C,), got {tuple(invstd.shape)}")
+    require(invstd.dim() == 1, lambda: f"{op}: expected invstd of shape (C,), got {tuple(invstd.shape)}")
     c = invstd.shape[0]
     sum_dz, rows_dz = _sums(op, "sum_dz", sum_dz, c, invstd)
     sum_dz_y, rows_dz_y = _sums(op, "sum_dz_y", sum_dz_y, c, invstd)
     weight = _per_channel(op, "weight", weight, c, invstd, floating_any=True)
-    torch._check(n >= 0, lambda: f"{op}: n must be >= 0, got {n}")
+    require(n >= 0, lambda: f"{op}: n must be >= 0, got {n}")
     invstd = invstd.contiguous()
-    table = (n, c) if n > 0 else (c,)
-    grad_weight, grad_bias, k_y = torch.empty_like(invstd), torch.empty_like(invstd), torch.empty_like(invstd)
-    k_g, k_0 = invstd.new_empty(table), invstd.new_empty(table)
+    plan = _Plan(invstd, direct=eager)
+    plan.table = (n, c) if n > 0 else (c,)
+    plan.finalize = None
     if c > 0:
         block = _block_c(c)
-        with on_device(invstd):
-            launch(_bn_backward_finalize_kernel)[(triton.cdiv(c, block),)](
-                sum_dz, sum_dz_y, invstd, weight if weight is not None else invstd,
-                grad_weight, grad_bias, k_g, k_0, k_y, c, n, rows_dz, rows_dz_y, float(count),
-                HAS_WEIGHT=weight is not None, USE_BATCH_STATS=use_batch_stats, BLOCK_C=block)
-    return grad_weight, grad_bias, k_g, k_0, k_y
+        plan.finalize = _launch.KernelLaunch(
+            _bn_backward_finalize_kernel, (triton.cdiv(c, block),), (c, n, rows_dz, rows_dz_y, float(count)),
+            dict(HAS_WEIGHT=weight is not None, USE_BATCH_STATS=use_batch_stats, BLOCK_C=block), traced=not eager)
+    if eager and all(a is b for a, b in zip(inputs, (sum_dz, sum_dz_y, invstd, weight))):
+        _launch.remember(_BACKWARD_PLANS, key, plan)  # no copy was needed: later calls of this signature reuse it
+    return _backward(plan, sum_dz, sum_dz_y, invstd, weight)
 
 
 __all__ = ["bn_finalize", "bn_backward_finalize", "forward_coefficients", "backward_coefficients"]

@@ -14,9 +14,9 @@ import torch
 import triton
 import triton.language as tl
 
-from . import _tiles
-from ._common import (INTERPRETED, Tensor, channels_contiguous, check_activation, coefficient, export, launch,
-                      on_device, plane_strides, pre_activation, standard)
+from . import _launch, _tiles
+from ._common import (Tensor, channels_contiguous, check_activation, check_device, coefficient, export, nchw_vec,
+                      pre_activation, require, standard, vec_strides)
 
 
 @triton.jit
@@ -41,9 +41,12 @@ def _scale_shift_act_fwd_kernel(
     RELU: tl.constexpr,  # activation: relu, else identity
     BLOCK_C: tl.constexpr,  # channels per tile
     BLOCK_HW: tl.constexpr,  # positions per tile
+    VEC: tl.constexpr,  # HW and the n, c strides arrive divided by VEC (NCHW rows VEC-aligned: _common.nchw_vec)
 ):
     """Moves (2 + HAS_RES) * N*C*H*W*sizeof(T) bytes (read y [+ residual], write out), plus
     2*N*C + 2*C coefficients of sizeof(ACC), read once per tile and served by the caches."""
+    HW, stride_yn, stride_yc = HW * VEC, stride_yn * VEC, stride_yc * VEC
+    stride_rn, stride_rc = stride_rn * VEC, stride_rc * VEC
     hw_block = tl.program_id(0)
     c_block = tl.program_id(1)
     n = tl.program_id(2)
@@ -74,18 +77,40 @@ def _scale_shift_act_fwd_kernel(
 
 def elementwise_grid(n: int, c: int, hw: int, tile: _tiles.Tile) -> tuple[int, int, int]:
     """Grid of the elementwise kernels: (hw blocks, channel blocks, samples)."""
-    torch._check(n <= 65535, lambda: f"resnet_fast (triton): batch {n} exceeds the grid's 65535 limit")
+    require(n <= 65535, lambda: f"resnet_fast (triton): batch {n} exceeds the grid's 65535 limit")
     return triton.cdiv(hw, tile.block_hw), triton.cdiv(c, tile.block_c), n
+
+
+_PLANS = _launch.plan_cache()
+_sig = _launch.signature
+
+
+class _Plan(_launch.Plan):
+    __slots__ = ("fwd",)
+
+    def __call__(self, y, scale, shift, residual, res_scale, res_shift):
+        out = torch.empty_like(y)
+        with self.guard(y):
+            self.fwd(y, residual if residual is not None else y, out, scale, shift,
+                     res_scale if res_scale is not None else scale, res_shift if res_shift is not None else shift)
+        return out
 
 
 def scale_shift_act_launcher(y: Tensor, scale: Tensor, shift: Tensor, residual: Optional[Tensor],
                             res_scale: Optional[Tensor], res_shift: Optional[Tensor], relu: bool) -> Tensor:
+    eager = _launch.eager(y)
+    if eager:
+        key = (_sig(y), _sig(scale), _sig(shift), _sig(residual), _sig(res_scale), _sig(res_shift), relu)
+        plan = _PLANS.get(key)
+        if plan is not None:  # inputs of a signature checked and planned before
+            return plan(y, scale, shift, residual, res_scale, res_shift)
+    inputs = (y, scale, shift, residual, res_scale, res_shift)
     op = "scale_shift_act"
     check_activation(op, "y", y)
-    torch._check(y.is_cuda or INTERPRETED, lambda: f"{op} (triton): CPU tensors need TRITON_INTERPRET=1")
-    torch._check((res_scale is None) == (res_shift is None),
+    check_device(op, y)
+    require((res_scale is None) == (res_shift is None),
                  lambda: f"{op}: res_scale and res_shift must both be given or both None")
-    torch._check(res_scale is None or residual is not None, lambda: f"{op}: res_scale given without a residual")
+    require(res_scale is None or residual is not None, lambda: f"{op}: res_scale given without a residual")
     y = standard(y)
     n, c, h, w = y.shape
     scale = coefficient(op, "scale", scale, (n, c), y)
@@ -95,19 +120,22 @@ def scale_shift_act_launcher(y: Tensor, scale: Tensor, shift: Tensor, residual: 
     if residual is not None:
         check_activation(op, "residual", residual, like=y)
         residual = standard(residual)
-    out = torch.empty_like(y)
-    if out.numel() == 0:
-        return out
-    torch._check(out.stride() == y.stride(), lambda: f"{op}: empty_like(y) changed the strides")  # kernel assumes
+    if y.numel() == 0:
+        return torch.empty_like(y)
+    require(torch.empty_like(y).stride() == y.stride(),
+                 lambda: f"{op}: empty_like(y) changed the strides")  # the kernel writes out with y's strides
     flags = dict(HAS_RES=residual is not None, RES_AFFINE=res_scale is not None, RELU=relu)
     tile = _tiles.pick("scale_shift_act", y.dtype, channels_contiguous(y), flags, c, h * w)
-    with on_device(y):
-        launch(_scale_shift_act_fwd_kernel)[elementwise_grid(n, c, h * w, tile)](
-            y, residual if residual is not None else y, out, scale, shift,
-            res_scale if res_scale is not None else scale, res_shift if res_shift is not None else shift,
-            c, h * w, *plane_strides(y), *plane_strides(residual), **flags,
-            BLOCK_C=tile.block_c, BLOCK_HW=tile.block_hw, num_warps=tile.num_warps)
-    return out
+    vec = nchw_vec(y, residual)
+    plan = _Plan(y, direct=eager)
+    plan.fwd = _launch.KernelLaunch(
+        _scale_shift_act_fwd_kernel, elementwise_grid(n, c, h * w, tile),
+        (c, h * w // vec, *vec_strides(y, vec), *vec_strides(residual, vec)),
+        dict(**flags, BLOCK_C=tile.block_c, BLOCK_HW=tile.block_hw, VEC=vec, num_warps=tile.num_warps),
+        traced=not eager)
+    if eager and all(a is b for a, b in zip(inputs, (y, scale, shift, residual, res_scale, res_shift))):
+        _launch.remember(_PLANS, key, plan)  # no copy was needed: later calls of this signature reuse the plan
+    return plan(y, scale, shift, residual, res_scale, res_shift)
 
 
 scale_shift_act = export("scale_shift_act", scale_shift_act_launcher)
