@@ -80,7 +80,7 @@ def block_config(kernel: str, gemm_n: int, gemm_k_per_tap: int, dtype: torch.dty
     within sm_80's 164 KiB and sm_90's 228 KiB). The unrolled 3x3 taps keep a row pointer and a
     border mask per tap live: 3x3 forward/dgrad tiles run 8 warps, and a 3x3 dgrad, whose prologue
     also loads y, steps 32 channels at a time; a 64 (C_in) x 128 (C_out) wgrad tile runs 2 stages
-    (the configurations compile_check found spilling otherwise).
+    (the configurations compile_check found spilling otherwise); an fp32 3x3 dgrad steps 16.
     """
     if INTERPRETED:  # small tiles: the test shapes get several tiles and tails on every axis
         if kernel == "wgrad":
@@ -95,6 +95,8 @@ def block_config(kernel: str, gemm_n: int, gemm_k_per_tap: int, dtype: torch.dty
         stages = 2 if (block_n, block_k) == (64, 128) else 3  # 3 stages spill on sm_80 (compile_check)
         return Blocks(block_m=block_m, block_n=block_n, block_k=block_k, num_warps=warps, num_stages=stages)
     block_k = 64 if wide and gemm_k_per_tap >= 64 and not (kernel == "dgrad" and taps > 1) else 32
+    if not wide and kernel == "dgrad" and taps > 1:
+        block_k = 16  # fp32 3x3 dgrad: 32-channel steps spill 4-64 bytes on sm_80 at 255 registers (compile_check)
     warps = 8 if block_n >= 128 or taps > 1 else 4
     return Blocks(block_m=128, block_n=block_n, block_k=block_k, num_warps=warps, num_stages=3)
 

@@ -214,6 +214,16 @@ def inspect_ptx(config: Config, ptx: str, arch: int) -> dict:
                                                     else ins) for _, ins in act})}
 
 
+def _tf32_transposed_copy(config: Config, arch: int, record: dict) -> bool:
+    """A float32 wgrad without prologue on sm_90: its operands go global -> shared by cp.async, and
+    wgmma's tf32 form reads only K-major shared tiles while wgrad's (rows x channels, channels
+    contiguous) are MN-major, so Triton transposes them with 4-byte copies. Inherent to tf32 on
+    Hopper, not a layout defect of the kernel; the 16-bit dtypes (wgmma transposes them) keep
+    16-byte copies, and the prologue variants load through registers with 16-byte loads."""
+    return (config.dtype == "float32" and config.kernel == "wgrad" and not config.prologue and arch >= 90
+            and any(kind.startswith("cp.async") for kind in record["activation_load_kinds"]))
+
+
 def check(config: Config, layer: Layer, arch: int) -> dict:
     started = time.time()
     record = {"config": config.label, "example": config.example, "arch": arch}
@@ -228,8 +238,12 @@ def check(config: Config, layer: Layer, arch: int) -> dict:
         if record["mma"] == 0:
             problems.append(f"no {'wgmma' if arch >= 90 else 'mma'} on the product's line")
         if record["activation_wide_loads"] == 0:
-            problems.append("no 16-byte load on the activation operand "
-                            f"(loads there: {record['activation_load_kinds']})")
+            if _tf32_transposed_copy(config, arch, record):
+                record["note"] = ("4-byte async copies of the activation operand: tf32 wgmma takes K-major "
+                                  "operands only, and wgrad's are channels-contiguous (MN-major)")
+            else:
+                problems.append("no 16-byte load on the activation operand "
+                                f"(loads there: {record['activation_load_kinds']})")
         record["problems"] = problems
     except Exception as error:  # a compile or ptxas error is a failure of this configuration
         record["problems"] = [f"{type(error).__name__}: {str(error)[-1500:]}"]
