@@ -4,8 +4,9 @@ A configuration is one specialization a ResNet-50 bottleneck layer at batch 256 
 (forward, dgrad, wgrad), kernel size and stride, which prologue/epilogue parts are on (by the layer's
 place in the block: conv1 reads the block input and feeds bn1, conv2 and conv3 read bn1/bn2 + ReLU in
 their prologue, the downsample and conv3 feed today's BN path), the block configuration
-``block_config`` gives for its channels, and the dtype (float16, bfloat16). Each is compiled through
-the fake-target driver (``_fake_target``) for every requested architecture and fails the check on
+``block_config`` gives for its channels, and the dtype (float16, bfloat16; float32 with --dtype). Each
+is compiled through the fake-target driver (``kernels/triton/_fake_target.py``) for every requested
+architecture and fails the check on
 
   * a compile error or a ptxas error;
   * a register spill (``ptxas -v``: spill stores or loads > 0);
@@ -37,7 +38,7 @@ import triton  # noqa: E402
 
 from . import _common  # noqa: E402
 from ._common import Geometry, block_config, wgrad_splits  # noqa: E402
-from ._fake_target import fake_target, ptxas_report  # noqa: E402
+from .._fake_target import fake_target, ptxas_report  # noqa: E402
 from .dgrad import _conv_dgrad_kernel  # noqa: E402
 from .forward import _conv_fwd_kernel  # noqa: E402
 from .wgrad import _conv_wgrad_kernel  # noqa: E402
