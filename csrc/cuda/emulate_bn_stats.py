@@ -88,15 +88,11 @@ def chan(a, b):
     d = mb - ma
     return n, ma + d * r, qa + qb + d * d * w
 
-def emulate_nchw(y, vec):
-    N, C, H, W = y.shape; HW = H * W
-    V, G, L, S = plan(N, C, HW, "nchw", vec, 4, 4)
-    x = y.float().reshape(N * C, HW)
-    segs = []
-    for s in range(S):
-        a, b = s * L, min(HW, s * L + L)
-        segs.append((b - a, *seg_nchw(x[:, a:b].contiguous(), V, G, 4)))
-    # stage 2: P lanes per sample
+def merge_segments(segs, S, N, C):
+    """Stage 2 as the kernels order it (both layouts): P lanes per sample merge the S segments
+    (lane l takes s = l, l + P, ...), a tree over the lanes, then the samples per channel in 32
+    rows (row ty takes n = ty, ty + 32, ...) and a tree over the rows. Returns (mean, biased var,
+    per-sample means)."""
     P = 1
     busy = min(max(N, 1), 32)
     while 2 * P <= S and 2 * P * busy <= 32: P *= 2
@@ -112,7 +108,6 @@ def emulate_nchw(y, vec):
         st //= 2
     n, mean, m2 = samples[0]
     mean = mean.reshape(N, C); m2 = m2.reshape(N, C)
-    # samples per channel: rows ty hold n = ty, ty+32..; then the tree over 32 rows
     rows = []
     for ty in range(32):
         acc = None
@@ -128,6 +123,17 @@ def emulate_nchw(y, vec):
         st //= 2
     tn, tmean, tm2 = rows[0]
     return tmean, tm2 / tn, mean
+
+
+def emulate_nchw(y, vec):
+    N, C, H, W = y.shape; HW = H * W
+    V, G, L, S = plan(N, C, HW, "nchw", vec, 4, 4)
+    x = y.float().reshape(N * C, HW)
+    segs = []
+    for s in range(S):
+        a, b = s * L, min(HW, s * L + L)
+        segs.append((b - a, *seg_nchw(x[:, a:b].contiguous(), V, G, 4)))
+    return merge_segments(segs, S, N, C)
 
 def check(shape, dtype, offset=2.0, seed=7):
     g = torch.Generator().manual_seed(seed)
@@ -196,36 +202,7 @@ def emulate_nhwc(y, vec):
     for s in range(S):
         a, b = s * L, min(HW, s * L + L)
         segs.append((b - a, *seg_nhwc(x[:, a:b].contiguous(), TY)))
-    P = 1
-    busy = min(max(N, 1), 32)
-    while 2 * P <= S and 2 * P * busy <= 32: P *= 2
-    samples = []
-    for lane in range(P):
-        acc = None
-        for s in range(lane, S, P):
-            acc = segs[s] if acc is None else chan(acc, segs[s])
-        samples.append(acc)
-    st = P // 2
-    while st > 0:
-        samples = [chan(samples[i], samples[i + st]) if i < st else samples[i] for i in range(len(samples))]
-        st //= 2
-    n, mean, m2 = samples[0]
-    mean = mean.reshape(N, C); m2 = m2.reshape(N, C)
-    rows = []
-    for ty in range(32):
-        acc = None
-        for nn in range(ty, N, 32):
-            item = (n, mean[nn], m2[nn])
-            acc = item if acc is None else chan(acc, item)
-        rows.append(acc)
-    st = 16
-    while st > 0:
-        for ty in range(st):
-            if rows[ty + st] is not None:
-                rows[ty] = rows[ty + st] if rows[ty] is None else chan(rows[ty], rows[ty + st])
-        st //= 2
-    tn, tmean, tm2 = rows[0]
-    return tmean, tm2 / tn, mean
+    return merge_segments(segs, S, N, C)
 
 
 def check_nhwc(shape, dtype, offset=2.0, seed=7):
