@@ -4,7 +4,7 @@ Order:
 1. ``resnet_fast._C`` built by ``pip install --no-build-isolation .``;
 2. if absent, or built for another torch (``undefined symbol``), compile the shipped
    sources with ninja against the runtime torch into a cache keyed by torch version,
-   CUDA use and a hash of the sources (``RESNET_FAST_CACHE``, default
+   CUDA use, the sources' folder and a hash of the sources (``RESNET_FAST_CACHE``, default
    ``~/.cache/resnet_fast``), printing one line while it compiles;
 3. if that fails too (no compiler), warn once with the cause; the ops then run on the
    Triton or reference backends, whose schemas ``resnet_fast.ops.primitives`` defines.
@@ -49,6 +49,9 @@ def _cache_dir(sources: list[str], with_cuda: bool) -> str:
     root = os.path.dirname(next(os.path.abspath(s) for s in sources if os.path.basename(s) == "ops.cpp"))  # csrc/
     headers = sorted(glob.glob(os.path.join(root, "**", "*.h"), recursive=True)
                      + glob.glob(os.path.join(root, "**", "*.cuh"), recursive=True))
+    # The source folder's path too: ninja's build file names sources by absolute path, so two checkouts
+    # sharing one folder would rebuild each other's library on every import.
+    digest.update(root.encode())
     for path in list(sources) + headers:
         digest.update(os.path.relpath(path, root).encode())
         with open(path, "rb") as f:

@@ -109,3 +109,20 @@ def test_backend_selection_errors_are_clear():
             resnet_fast.ops.bn_relu(torch.randn(2, 3, 2, 2), None, None, None, None, training=True)
     finally:
         resnet_fast.set_backend(previous)
+
+
+def test_jit_cache_is_per_source_folder(tmp_path):
+    """Two checkouts with the same sources get two JIT cache folders (ninja's build file holds absolute
+    paths: one shared folder would make each rebuild the other's library)."""
+    import shutil
+
+    root = _extension._source_root()
+    if root is None:
+        pytest.skip("the C++ sources are not shipped with this installation")
+    copy = tmp_path / "csrc"
+    shutil.copytree(root, copy)
+    sources = ["ops.cpp"]
+    first = _extension._cache_dir([os.path.join(root, s) for s in sources], False)
+    second = _extension._cache_dir([os.path.join(str(copy), s) for s in sources], False)
+    assert first != second
+    assert first == _extension._cache_dir([os.path.join(root, s) for s in sources], False)
