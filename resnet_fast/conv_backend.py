@@ -78,6 +78,12 @@ def load_table(path: str = TABLE_PATH) -> dict[str, str]:
     return {k: v for k, v in choices.items() if v in ("triton", "aten")}
 
 
+@torch.compiler.assume_constant_result  # a constant of the process: torch.compile must not trace the file read
+def has_table() -> bool:
+    """Whether a conv table with any choice is in use (``auto`` has nothing to decide without one)."""
+    return bool(load_table())
+
+
 def table_choice(key: str) -> Optional[str]:
     """What the table says for ``key`` ("triton" / "aten"), or None when it has no entry."""
     return load_table().get(key)

@@ -61,3 +61,15 @@ def test_table_path_from_environment(tmp_path):
     env = dict(os.environ, RESNET_FAST_CONV_TABLE=str(path))
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert out.stdout.split() == [str(path), "triton"]
+
+
+def test_auto_without_a_table_decides_nothing(monkeypatch, restore):
+    """auto with no table (as shipped until a GPU run writes one): the blocks return before looking at
+    their convolutions."""
+    from resnet_fast.models import _conv_fusion
+
+    monkeypatch.setattr(conv_backend, "has_table", lambda: False)
+    monkeypatch.setattr(_conv_fusion, "uncovered", lambda *a: (_ for _ in ()).throw(AssertionError("asked")))
+    resnet_fast.set_conv_backend("auto")
+    model = resnet_fast.resnet18(num_classes=3).train()
+    model(torch.randn(2, 3, 32, 32)).sum().backward()

@@ -398,6 +398,7 @@ def test_auto_follows_the_table(fused, conv_choice, chain_calls, monkeypatch):
         return layers[0][0] == 8
 
     monkeypatch.setattr(conv_backend, "table_chooses_triton", table)
+    monkeypatch.setattr(conv_backend, "has_table", lambda: True)
     _, block, c_in = make_pair("basic", 1)
     x = block_input(c_in).requires_grad_(True)
     with torch.no_grad():

@@ -97,8 +97,8 @@ def fused_block_forward(block: nn.Module, x: Tensor, conv_names: Sequence[str], 
     (module docstring). ``conv_names``: the block's chain convolutions in order (e.g. conv1, conv2, conv3);
     ``chain_norms``: the NormArgs of the BNs between them; ``tail_norm``, ``se``: what the tail takes."""
     choice = conv_backend.get_conv_backend()
-    if choice == "aten":
-        return None
+    if choice == "aten" or (choice == "auto" and not conv_backend.has_table()):
+        return None  # (auto without a table, as shipped until a GPU run writes one: nothing to decide per forward)
     convs = [getattr(block, name) for name in conv_names]
     norm_names = [f"bn{i + 1}" for i in range(len(chain_norms))]
     why = uncovered(x, list(zip(conv_names, convs)), list(zip(norm_names, chain_norms)))
