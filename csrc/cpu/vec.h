@@ -200,12 +200,13 @@ struct PreActivation {
     return out;
   }
 
-  // g = grad * (z > 0) with relu, else grad (a NaN z masks to 0, as torch.where(z > 0, ...)).
+  // g = (z <= 0 ? 0 : grad) with relu, else grad: eager's relu backward (threshold_backward), so a NaN z
+  // passes the gradient.
   template <typename Coef>
   Vec masked_grad(const Vec& gv, const Vec& yv, const Vec& rv, const Coef& k, int64_t count) const {
     if (!relu) return gv;
     const Vec zero(0);
-    return Vec::blendv(zero, gv, z(yv, rv, k, count) > zero);
+    return Vec::blendv(gv, zero, z(yv, rv, k, count) <= zero);
   }
 };
 

@@ -74,10 +74,10 @@ __device__ __forceinline__ acc_t relu(acc_t z) {
   return z < acc_t(0) ? acc_t(0) : z;
 }
 
-// torch.where(z > 0, g, 0): NaN z gives 0.
+// eager's relu backward (threshold_backward: z <= 0 ? 0 : g): a NaN z passes g.
 template <typename acc_t>
 __device__ __forceinline__ acc_t relu_mask(acc_t z, acc_t g) {
-  return z > acc_t(0) ? g : acc_t(0);
+  return z <= acc_t(0) ? acc_t(0) : g;
 }
 
 // ----------------------------------------------------------------------------- memory access

@@ -66,7 +66,8 @@ def _masked_grad(grad_out, y, scale, shift, residual, res_scale, res_shift, relu
     g = grad_out.to(acc_dtype(y.dtype))
     if relu:
         z = _pre_activation(y, scale, shift, residual, res_scale, res_shift)
-        g = torch.where(z > 0, g, torch.zeros((), dtype=g.dtype, device=g.device))
+        # eager's relu backward (threshold_backward): 0 where z <= 0, so a NaN z passes the gradient
+        g = torch.where(z <= 0, torch.zeros((), dtype=g.dtype, device=g.device), g)
     return g
 
 
@@ -300,7 +301,7 @@ def conv_dgrad(dz: Tensor, weight: Tensor, height: int, width: int, stride: int,
                mean_prev: Optional[Tensor]) -> tuple[Tensor, Tensor, Tensor]:
     """(g, sum_g, sum_gx): da = the gradient at the convolution's (height, width) input a from
     dy = A * dz + B * y + C (with y and the coefficients) or dz; with the producer (x_prev, its BN's
-    scale_prev, shift_prev, mean_prev) g = da * (x_prev * scale_prev + shift_prev > 0) and the sums
+    scale_prev, shift_prev, mean_prev) g = da where x_prev * scale_prev + shift_prev is not <= 0 (else 0) and the sums
     sum g, sum g * (x_prev - mean_prev) over (N, H, W); else g = da and empty sums."""
     dy = _bn_grad_prologue(dz, y, coef_a, coef_b, coef_c)
     shape = (dz.shape[0], weight.shape[1], height, width)
@@ -310,7 +311,7 @@ def conv_dgrad(dz: Tensor, weight: Tensor, height: int, width: int, stride: int,
         return _channels_last(da, dz.dtype), dz.new_empty((0,), dtype=torch.float32), dz.new_empty(
             (0,), dtype=torch.float32)
     xp = x_prev.float()
-    g = _channels_last(torch.where(xp * _c(scale_prev) + _c(shift_prev) > 0, da, 0.0), dz.dtype)
+    g = _channels_last(torch.where(xp * _c(scale_prev) + _c(shift_prev) <= 0, 0.0, da), dz.dtype)
     gf = g.float()
     return g, gf.sum((0, 2, 3)), (gf * (xp - _c(mean_prev))).sum((0, 2, 3))
 

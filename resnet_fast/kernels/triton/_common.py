@@ -77,7 +77,7 @@ def relu_grad(grad, y, r, scale, shift, res_scale, res_shift, HAS_RES: tl.conste
     """g = grad * (z > 0) when RELU (z recomputed from y and r), else grad."""
     if RELU:
         z = pre_activation(y, scale, shift, r, res_scale, res_shift, HAS_RES, RES_AFFINE)
-        grad = tl.where(z > 0, grad, 0.0)
+        grad = tl.where(z <= 0, 0.0, grad)  # eager's threshold_backward: a NaN z passes the gradient
     return grad
 
 
