@@ -52,13 +52,9 @@ class FusedFunction(torch.autograd.Function):
         transform, ``compute`` on the reference primitives where forward-mode AD may see it."""
         if torch.compiler.is_compiling():
             return cls.apply(*args)
-        if forward_ad._current_level >= 0:
-            if forward_mode(args):
-                return cls.compute(backend.REFERENCE, *args)
-            return cls.apply(*args)
-        if torch._C._are_functorch_transforms_active():
-            return cls.apply(*args)
-        return cls.plain.apply(*args)
+        if forward_mode(args):
+            return cls.compute(backend.REFERENCE, *args)
+        return cls.apply(*args) if transform_active() else cls.plain.apply(*args)
 
 
 def _old_style_twin(function: type) -> type:
