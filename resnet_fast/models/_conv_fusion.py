@@ -31,7 +31,7 @@ from torch import nn
 
 from .. import conv_backend, ops
 from ..ops._autocast import autocast_dtype
-from ._fusion import NormArgs, fusable_conv, residual_tail
+from ._fusion import DownsamplePlan, NormArgs, fusable_conv, residual_tail
 
 Tensor = torch.Tensor
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -92,10 +92,12 @@ def _bn_dict(bn: NormArgs) -> dict:
 
 
 def fused_block_forward(block: nn.Module, x: Tensor, conv_names: Sequence[str], chain_norms: Sequence[NormArgs],
-                        tail_norm: NormArgs, se: tuple) -> Optional[Tensor]:
+                        tail_norm: NormArgs, se: tuple, downsample: Optional[DownsamplePlan] = None
+                        ) -> Optional[Tensor]:
     """The block's output through the fused chain and today's tail, or None where the chain does not apply
     (module docstring). ``conv_names``: the block's chain convolutions in order (e.g. conv1, conv2, conv3);
-    ``chain_norms``: the NormArgs of the BNs between them; ``tail_norm``, ``se``: what the tail takes."""
+    ``chain_norms``: the NormArgs of the BNs between them; ``tail_norm``, ``se``: what the tail takes;
+    ``downsample``: the block's plan of its downsample (_fusion.downsample_plan), when it has one."""
     choice = conv_backend.get_conv_backend()
     if choice == "aten" or (choice == "auto" and not conv_backend.has_table()):
         return None  # (auto without a table, as shipped until a GPU run writes one: nothing to decide per forward)
@@ -117,4 +119,4 @@ def fused_block_forward(block: nn.Module, x: Tensor, conv_names: Sequence[str], 
     y, mean, var = ops.fused_conv_chain(x_in, [c.weight for c in convs], [c.stride[0] for c in convs],
                                         [c.padding[0] for c in convs], [_bn_dict(bn) for bn in chain_norms],
                                         return_stats=True)
-    return residual_tail(y, tail_norm, x, block.downsample, se, batch_stats=(mean, var))
+    return residual_tail(y, tail_norm, x, block.downsample, se, downsample, batch_stats=(mean, var))

@@ -189,7 +189,7 @@ class BasicBlock(_ResidualBlock):
         if fused is None:
             return self.forward_eager(x)
         plan, (bn1, bn2), se = fused
-        out = fused_block_forward(self, x, ("conv1", "conv2"), (bn1,), bn2, se)  # the Triton conv chain, if chosen
+        out = fused_block_forward(self, x, ("conv1", "conv2"), (bn1,), bn2, se, plan.downsample)  # Triton chain
         if out is not None:
             return out
         if recompute_conv_inputs() and plan.last_conv_fusable:
@@ -249,7 +249,8 @@ class Bottleneck(_ResidualBlock):
         if fused is None:
             return self.forward_eager(x)
         plan, (bn1, bn2, bn3), se = fused
-        out = fused_block_forward(self, x, ("conv1", "conv2", "conv3"), (bn1, bn2), bn3, se)  # Triton conv chain
+        out = fused_block_forward(self, x, ("conv1", "conv2", "conv3"), (bn1, bn2), bn3, se,
+                                  plan.downsample)  # the Triton conv chain, if chosen
         if out is not None:
             return out
         if recompute_conv_inputs() and plan.last_conv_fusable:
